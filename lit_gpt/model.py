@@ -90,7 +90,7 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, idx: torch.Tensor, *, targets: Optional[torch.Tensor] = None, label_smoothing: float = 0.0,
-                state: Optional[DecodeState] = None, doc_ids: Optional[torch.Tensor] = None,
+                loss_reduction: str = "mean", state: Optional[DecodeState] = None, doc_ids: Optional[torch.Tensor] = None,
                 return_logits: bool = True) -> ModelOutput:
         """idx: [B, T] token ids. With ``state`` the call continues that sequence (decoding).
 
@@ -117,7 +117,8 @@ class GPT(nn.Module):
         if targets is not None:
             from lit_gpt.kernels.cross_entropy import linear_cross_entropy
 
-            loss = linear_cross_entropy(x, self.lm_head.weight, targets, label_smoothing=label_smoothing)
+            loss = linear_cross_entropy(x, self.lm_head.weight, targets, label_smoothing=label_smoothing,
+                                        reduction=loss_reduction)
             return ModelOutput(logits=None, hidden=x, loss=loss)
         logits = self.lm_head(x) if return_logits else None
         return ModelOutput(logits=logits, hidden=x)

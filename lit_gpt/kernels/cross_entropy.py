@@ -79,10 +79,27 @@ def choose_impl(n_tokens: int, vocab: int, device: torch.device) -> str:
     return "dense" if n_tokens * vocab <= DENSE_LIMIT else "chunked"
 
 
+def per_token_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
+                            chunk_size: int = 4096) -> torch.Tensor:
+    """Loss of every token (fp32, shape of ``targets``) without building all logits at once; no label smoothing."""
+    shape = targets.shape
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    targets = targets.reshape(-1)
+    losses = [F.cross_entropy(F.linear(hidden[s:s + chunk_size], weight).float(), targets[s:s + chunk_size],
+                              ignore_index=IGNORE_INDEX, reduction="none")
+              for s in range(0, hidden.shape[0], chunk_size)]
+    return torch.cat(losses).view(shape)
+
+
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
                          label_smoothing: float = 0.0, chunk_size: int = 4096,
-                         impl: Optional[str] = None) -> torch.Tensor:
-    """hidden [..., C], weight [V, C], targets [...] (IGNORE_INDEX = -100 skipped) -> mean loss (fp32)."""
+                         impl: Optional[str] = None, reduction: str = "mean") -> torch.Tensor:
+    """hidden [..., C], weight [V, C], targets [...] (IGNORE_INDEX = -100 skipped) -> mean loss (fp32).
+
+    ``reduction="none"`` returns every token's loss (evaluation; label smoothing not applied).
+    """
+    if reduction == "none":
+        return per_token_cross_entropy(hidden, weight, targets, chunk_size=chunk_size)
     hidden = hidden.reshape(-1, hidden.shape[-1])
     targets = targets.reshape(-1)
     impl = impl or choose_impl(hidden.shape[0], weight.shape[0], hidden.device)

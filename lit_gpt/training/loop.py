@@ -1,0 +1,447 @@
+"""The training run: options -> plan -> model -> parallelize -> loop (step, log, eval, checkpoint).
+
+One code path for one CPU process, one GPU, and torchrun on many GPUs and nodes. Nothing here is a
+module-level mutable global: all run state lives on the ``Trainer``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from collections import deque
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+
+from lit_gpt.config import Config
+from lit_gpt.model import GPT
+from lit_gpt.scaling import Plan, param_groups, transfer
+from lit_gpt.training.metrics import RunRecorder, Throughput, live_line
+from lit_gpt.training.options import BUILTIN_DATA_DIR, OptionsError, RunOptions
+from lit_gpt.training.parallel import System, build_fabric, device_peak_flops, parallelize, resolve_system
+
+EXIT_TOO_MANY_SKIPS = 3
+WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.", "_forward_module.")
+
+
+class TrainingStopped(RuntimeError):
+    """The guards stopped the run (a checkpoint was written first)."""
+
+
+def clean_name(name: str) -> str:
+    for prefix in WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def data_meta(opts: RunOptions) -> Optional[dict[str, Any]]:
+    """Vocabulary and EOS of the prepared data (the built-in corpus is prepared on first use)."""
+    from lit_gpt.data.loader import read_meta
+
+    if opts.data_mixture:
+        from lit_gpt.data.loader import load_mixture
+
+        first = next(iter(load_mixture(opts.data_mixture)))
+        return read_meta(first)
+    data_dir = opts.resolved_train_data_dir
+    if opts.train_data_dir is None and not Path(data_dir, "meta.json").exists():
+        from lit_gpt.data.prepare import prepare_builtin
+
+        print(f"preparing the built-in corpus in {data_dir} (first use)", flush=True)
+        prepare_builtin(data_dir)
+    return read_meta(data_dir)
+
+
+def make_plan(opts: RunOptions, config: Config, system: System) -> Plan:
+    return transfer(opts.base_hps, config, opts.launch(system.devices, system.nodes), max_tokens=opts.max_tokens,
+                    total_batch_tokens=opts.total_bsz, schedule=opts.schedule, run_name=opts.run_name,
+                    depth_lr_scope=opts.depth_lr_scope, grad_clip=opts.grad_clip, max_steps=opts.max_steps)
+
+
+def dry_run_report(opts: RunOptions, config: Config, plan: Plan, system: System) -> dict[str, Any]:
+    report = {"run_name": opts.run_name, "model_config": config.to_dict(), "layer_plan": config.describe_layers()}
+    report.update(plan.to_dict())
+    report["system"] = system.__dict__
+    report["options"] = opts.to_dict()
+    return report
+
+
+def check_writable(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write_probe"
+        probe.write_bytes(b"x" * 1024)
+        probe.unlink()
+    except OSError as err:
+        raise OptionsError(f"cannot write to --out_dir {out_dir}: {err.strerror or err}; choose a writable folder "
+                           f"with free space") from None
+
+
+class Trainer:
+    def __init__(self, opts: RunOptions):
+        self.opts = opts.resolve()
+        self.stop_requested = False
+        self.skips: deque[int] = deque()
+        self.loss_ema: Optional[float] = None
+        self.step = 0
+        self.tokens = 0
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        opts = self.opts
+        self.system = resolve_system(opts)
+        meta = None if opts.dry_run and opts.vocab_size else data_meta(opts)
+        vocab = meta["vocab_size"] if meta else None
+        eos = meta.get("eos_id") if meta else None
+        self.config = opts.model_config(vocab, eos)
+        if meta and opts.vocab_size is None:
+            from lit_gpt.data.loader import check_vocab
+
+            check_vocab(meta, self.config.padded_vocab_size)
+        self.plan = make_plan(opts, self.config, self.system)
+        self.out_dir = Path(opts.resolved_out_dir)
+
+    def build(self) -> None:
+        opts, system = self.opts, self.system
+        self.fabric = build_fabric(opts, system)
+        self.fabric.launch()
+        self.fabric.seed_everything(opts.seed)
+        if self.fabric.global_rank == 0:
+            check_writable(self.out_dir)
+        with self.fabric.init_module(empty_init=False):
+            model = GPT(self.config)
+        self.model = parallelize(model, self.fabric, opts, system)
+        groups = self._param_groups()
+        fused = system.accelerator == "cuda"
+        optimizer = torch.optim.AdamW(groups, lr=self.plan.lr, betas=self.plan.betas, eps=self.plan.eps, fused=fused)
+        self.optimizer = self.fabric.setup_optimizers(optimizer)
+        self.peak_flops = device_peak_flops(self.fabric.device)
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        class Named(torch.nn.Module):  # param_groups reads names; strip wrapper prefixes first
+            def __init__(self, pairs):
+                super().__init__()
+                self.pairs = pairs
+
+            def named_parameters(self, *args, **kwargs):
+                return iter(self.pairs)
+
+        pairs = [(clean_name(n), p) for n, p in self.model.named_parameters()]
+        return param_groups(Named(pairs), self.plan)
+
+    def build_loaders(self) -> None:
+        from lit_gpt.data.loader import build_train_loader, build_val_loader, load_mixture
+
+        opts = self.opts
+        mixture = load_mixture(opts.data_mixture) if opts.data_mixture else None
+        self.train_loader = build_train_loader(None if mixture else opts.resolved_train_data_dir, mixture,
+                                               seq_len=opts.ctx_len, micro_batch=opts.micro_bsz, seed=opts.seed,
+                                               num_workers=opts.num_workers)
+        val_dir = opts.val_data_dir or (opts.resolved_train_data_dir if not mixture else next(iter(mixture)))
+        self.val_loader = build_val_loader(val_dir, seq_len=opts.ctx_len, multiple=opts.val_multiple,
+                                           micro_batch=opts.micro_bsz)
+        self.val_multiple = getattr(self.val_loader, "multiple", opts.val_multiple)
+
+    def _batches(self) -> Iterator[torch.Tensor]:
+        while True:
+            for batch in self.train_loader:
+                yield batch
+
+    # ------------------------------------------------------------------ checkpoints
+    def model_state(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return {clean_name(k): v for k, v in sd.items()}
+
+    def optimizer_state(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        sd = get_optimizer_state_dict(self.model, self.optimizer,
+                                      options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        sd["state"] = {clean_name(k): v for k, v in sd["state"].items()}
+        for group in sd["param_groups"]:
+            group["params"] = [clean_name(p) for p in group["params"]]
+        return sd
+
+    def loader_states(self) -> list[Any]:
+        state = self.train_loader.state_dict()
+        if self.fabric.world_size == 1:
+            return [state]
+        gathered: list[Any] = [None] * self.fabric.world_size
+        torch.distributed.all_gather_object(gathered, state)
+        return gathered
+
+    def save(self, reason: str = "periodic") -> None:
+        from lit_gpt.training.checkpoint import options_hash, save_checkpoint
+
+        model_sd, optim_sd, loaders = self.model_state(), self.optimizer_state(), self.loader_states()
+        if self.fabric.global_rank == 0:
+            state = {"model": model_sd, "optimizer": optim_sd, "step": self.step, "tokens": self.tokens,
+                     "loader": loaders, "skipped_steps": list(self.skips)}
+            meta = {"tokens": self.tokens, "options_hash": options_hash(self.opts.model_defining()),
+                    "model_options": self.opts.model_defining(), "options": self.opts.to_dict(),
+                    "config": self.config.to_dict(), "plan": self.plan.to_dict(), "reason": reason}
+            path = save_checkpoint(self.out_dir, self.step, state, meta=meta, keep_last=self.opts.keep_last)
+            self.fabric.print(f"saved checkpoint {path} ({reason})")
+        self.fabric.barrier()
+        self.last_save_time = time.monotonic()
+
+    def restore(self) -> None:
+        from lit_gpt.training.checkpoint import check_resume_compatible, find_resume_checkpoint, load_checkpoint
+
+        opts = self.opts
+        path: Optional[Path] = None
+        if opts.resume == "auto":
+            path = find_resume_checkpoint(self.out_dir, log=self.fabric.print)
+            if path is None:
+                self.fabric.print(f"--resume auto: no checkpoint in {self.out_dir}; starting from scratch")
+        elif opts.resume:
+            path = Path(str(opts.resume))
+        if path is not None:
+            state, manifest = load_checkpoint(path)
+            check_resume_compatible(manifest, opts.model_defining())
+            self._load_weights(state["model"])
+            self._load_optimizer(state["optimizer"])
+            self.step, self.tokens = int(state["step"]), int(state["tokens"])
+            self.skips = deque(state.get("skipped_steps", []))
+            loaders = state["loader"]
+            if len(loaders) != self.fabric.world_size:
+                raise OptionsError(f"checkpoint {path} was written by {len(loaders)} processes but this run has "
+                                   f"{self.fabric.world_size}; resume with the same launch shape")
+            self.train_loader.load_state_dict(loaders[self.fabric.global_rank])
+            self.fabric.print(f"resumed from {path} at step {self.step} ({self.tokens:,} tokens)")
+        elif opts.load_dir:
+            from lit_gpt.training.checkpoint import load_weights
+
+            src = Path(opts.load_dir)
+            if src.is_dir() and (src / "state.pt").exists():
+                weights = load_checkpoint(src)[0]["model"]
+            elif src.is_dir():
+                found = find_resume_checkpoint(src, log=self.fabric.print)
+                if found is None:
+                    raise OptionsError(f"--load_dir {src}: no intact checkpoint found there")
+                weights = load_checkpoint(found)[0]["model"]
+            else:
+                weights = load_weights(src)
+            self._load_weights(weights)
+            self.fabric.print(f"loaded weights from {src} (new run: step 0, fresh optimizer)")
+
+    def _load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(self.model, self._with_wrapper_names(weights),
+                             options=StateDictOptions(full_state_dict=True, strict=True))
+
+    def _load_optimizer(self, optim_sd: dict[str, Any]) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        lookup = {clean_name(n): n for n, _ in self.model.named_parameters()}
+        optim_sd = dict(optim_sd)
+        optim_sd["state"] = {lookup.get(k, k): v for k, v in optim_sd["state"].items()}
+        optim_sd["param_groups"] = [dict(g, params=[lookup.get(p, p) for p in g["params"]])
+                                    for g in optim_sd["param_groups"]]
+        set_optimizer_state_dict(self.model, self.optimizer, optim_sd,
+                                 options=StateDictOptions(full_state_dict=True))
+
+    def _with_wrapper_names(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        names = {clean_name(k): k for k in get_model_state_dict(self.model).keys()}
+        return {names.get(k, k): v for k, v in weights.items()}
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean loss over the first j·T tokens of each validation row, j = 1..k (length extrapolation)."""
+        self.model.eval()
+        T, k = self.opts.ctx_len, self.val_multiple
+        sums = torch.zeros(k, device=self.fabric.device, dtype=torch.float64)
+        counts = torch.zeros(k, device=self.fabric.device, dtype=torch.float64)
+        for i, batch in enumerate(self.val_loader):
+            if i >= self.opts.eval_iters:
+                break
+            batch = batch.to(self.fabric.device, non_blocking=True).long()
+            x, y = batch[:, :-1], batch[:, 1:]
+            losses = self.model(x, targets=y, loss_reduction="none").loss  # [B, k·T]
+            cum = losses.double().sum(0).cumsum(0)
+            for j in range(k):
+                end = min((j + 1) * T, losses.shape[1])
+                sums[j] += cum[end - 1]
+                counts[j] += end * losses.shape[0]
+        sums = self.fabric.all_reduce(sums, reduce_op="sum")
+        counts = self.fabric.all_reduce(counts, reduce_op="sum")
+        self.model.train()
+        values = (sums / counts.clamp(min=1)).tolist()
+        result = {f"val_loss_{j + 1}x": v for j, v in enumerate(values) if counts[j] > 0}
+        result["val_loss"] = result.get("val_loss_1x", float("nan"))
+        return result
+
+    # ------------------------------------------------------------------ the loop
+    def _install_signal_handlers(self) -> None:
+        def request_stop(signum, _frame):
+            self.stop_requested = True
+            print(f"received signal {signum}: checkpointing at the next step boundary", file=sys.stderr, flush=True)
+
+        for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
+            if sig is not None:
+                signal.signal(sig, request_stop)
+
+    def _any_rank(self, flag: bool) -> bool:
+        if self.fabric.world_size == 1:
+            return flag
+        t = torch.tensor(float(flag), device=self.fabric.device)
+        return bool(self.fabric.all_reduce(t, reduce_op="max").item())
+
+    def _guard(self, loss: float, grad_norm: float) -> Optional[str]:
+        """Why this step should be skipped, or None."""
+        opts = self.opts
+        if opts.skip_nonfinite and not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            return f"non-finite loss/grad (loss {loss}, grad norm {grad_norm})"
+        if opts.spike_threshold and self.loss_ema is not None and loss > opts.spike_threshold * self.loss_ema:
+            return f"loss spike ({loss:.4f} > {opts.spike_threshold} x average {self.loss_ema:.4f})"
+        return None
+
+    def train(self) -> int:
+        opts, plan, fabric = self.opts, self.plan, self.fabric
+        model, optimizer = self.model, self.optimizer
+        ga, device = plan.grad_accum_steps, fabric.device
+        run = {"run_name": opts.run_name, "options": opts.to_dict(), "config": self.config.to_dict(),
+               "plan": plan.to_dict(), "system": self.system.__dict__, "world_size": fabric.world_size}
+        recorder = RunRecorder(self.out_dir, run, self.val_multiple, opts.logger) if fabric.global_rank == 0 else None
+        fabric.print(f"run {opts.run_name}: {plan.n_params:,} parameters ({plan.n_params_non_embedding:,} "
+                     f"non-embedding), {plan.max_steps} steps of {plan.global_batch_tokens:,} tokens, peak lr "
+                     f"{plan.lr:.3e}, {self.system.strategy} on {fabric.world_size} x {self.system.accelerator}")
+        self._install_signal_handlers()
+        throughput = Throughput(plan.flops_per_token, self.peak_flops, fabric.world_size)
+        tokens_per_step = plan.global_batch_tokens
+        batches = self._batches()
+        self.last_save_time = time.monotonic()
+        start_time, start_step = time.perf_counter(), self.step
+        loss_sum = torch.zeros((), device=device)
+        loss_steps = 0
+        profiler = self._profiler()
+        status = "finished"
+        try:
+            while self.step < plan.max_steps:
+                lr = plan.lr_at(self.step)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * group["lr_mult"]
+                step_loss = torch.zeros((), device=device)
+                for micro in range(ga):
+                    batch = next(batches).to(device, non_blocking=True).long()
+                    x, y = batch[:, :-1], batch[:, 1:]
+                    sync = nullcontext() if micro == ga - 1 else fabric.no_backward_sync(model)
+                    with sync:
+                        loss = model(x, targets=y, label_smoothing=opts.label_smoothing).loss
+                        fabric.backward(loss / ga)
+                    step_loss += loss.detach() / ga
+                grad_norm = fabric.clip_gradients(model, optimizer, max_norm=plan.grad_clip, error_if_nonfinite=False)
+                skip_reason = None
+                if opts.skip_nonfinite or opts.spike_threshold:
+                    mean_loss = fabric.all_reduce(step_loss.detach(), reduce_op="mean")
+                    loss_value, norm_value = float(mean_loss), float(grad_norm)
+                    skip_reason = self._guard(loss_value, norm_value)
+                    if skip_reason is None:
+                        self.loss_ema = loss_value if self.loss_ema is None else 0.98 * self.loss_ema + 0.02 * loss_value
+                if skip_reason is None:
+                    optimizer.step()
+                    loss_sum += step_loss
+                    loss_steps += 1
+                else:
+                    self.skips.append(self.step)
+                    fabric.print(f"step {self.step}: skipped, {skip_reason}")
+                optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                self.tokens += tokens_per_step
+                while self.skips and self.skips[0] <= self.step - 100:
+                    self.skips.popleft()
+                if profiler is not None:
+                    profiler.step()
+                if len(self.skips) > opts.max_skips:
+                    self.save("too many skipped steps")
+                    raise TrainingStopped(f"{len(self.skips)} of the last 100 steps were skipped (limit --max_skips "
+                                          f"{opts.max_skips}); stopped with a checkpoint at step {self.step}. Lower the "
+                                          f"learning rate or inspect the data, then --resume auto")
+                row: dict[str, Any] = {}
+                if self.step % opts.log_step == 0 or self.step == plan.max_steps:
+                    mean = fabric.all_reduce(loss_sum / max(loss_steps, 1), reduce_op="mean").item()
+                    loss_sum.zero_()
+                    loss_steps = 0
+                    rate, mfu = throughput.measure(self.tokens)
+                    mem = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+                    elapsed = time.perf_counter() - start_time
+                    eta = elapsed / max(self.step - start_step, 1) * (plan.max_steps - self.step)
+                    row.update(step=self.step, tokens=self.tokens, flops=plan.flops_per_token * self.tokens,
+                               train_loss=mean, lr=lr, tokens_per_sec=rate, mfu=mfu, max_mem_gb=mem, elapsed_s=elapsed)
+                    fabric.print(live_line(self.step, plan.max_steps, mean, rate, mfu, mem, lr, eta))
+                if self.step % opts.eval_step == 0 or self.step == plan.max_steps:
+                    values = self.validate()
+                    row.update(values, step=self.step, tokens=self.tokens, flops=plan.flops_per_token * self.tokens)
+                    shown = ", ".join(f"{k[9:]} {v:.4f}" for k, v in values.items() if k.startswith("val_loss_"))
+                    fabric.print(f"step {self.step}: validation loss {values['val_loss']:.4f} ({shown})")
+                if row and recorder is not None:
+                    recorder.log(row)
+                    recorder.update(step=self.step, tokens=self.tokens)
+                time_to_save = (opts.save_interval_minutes is not None
+                                and time.monotonic() - self.last_save_time > 60 * opts.save_interval_minutes)
+                if self._any_rank(self.stop_requested):
+                    self.save("signal")
+                    status = "preempted"
+                    fabric.print(f"stopped at step {self.step} on a signal; resume with --resume auto")
+                    break
+                if self.step % opts.save_step == 0 or self.step == plan.max_steps or self._any_rank(time_to_save):
+                    self.save("final" if self.step == plan.max_steps else "periodic")
+        except TrainingStopped:
+            status = "stopped"
+            raise
+        except BaseException:
+            status = "failed"
+            raise
+        finally:
+            if profiler is not None:
+                profiler.__exit__(None, None, None)
+            if recorder is not None:
+                recorder.close(status)
+        return 0
+
+    def _profiler(self):
+        if not self.opts.profile:
+            return None
+        from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        trace_dir = self.out_dir / "profile"
+        prof = profile(activities=activities, schedule=schedule(wait=1, warmup=1, active=self.opts.profile, repeat=1),
+                       on_trace_ready=tensorboard_trace_handler(str(trace_dir)), record_shapes=True)
+        prof.__enter__()
+        return prof
+
+    def validate_only(self) -> int:
+        values = self.validate()
+        self.fabric.print(json.dumps(values))
+        if self.fabric.global_rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "validation.json").write_text(json.dumps(values, indent=2))
+        return 0
+
+
+def run(opts: RunOptions) -> int:
+    trainer = Trainer(opts)
+    trainer.setup()
+    if trainer.opts.dry_run:
+        report = dry_run_report(trainer.opts, trainer.config, trainer.plan, trainer.system)
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    trainer.build()
+    trainer.build_loaders()
+    trainer.restore()
+    if trainer.opts.validation_only:
+        return trainer.validate_only()
+    return trainer.train()
