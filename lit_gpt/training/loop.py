@@ -51,10 +51,10 @@ def data_meta(opts: RunOptions) -> Optional[dict[str, Any]]:
         return read_meta(first)
     data_dir = opts.resolved_train_data_dir
     if opts.train_data_dir is None and not Path(data_dir, "meta.json").exists():
-        from lit_gpt.data.prepare import prepare_builtin
+        from lit_gpt.data.prepare import prepare
 
         print(f"preparing the built-in corpus in {data_dir} (first use)", flush=True)
-        prepare_builtin(data_dir)
+        prepare(data_dir, builtin=True)
     return read_meta(data_dir)
 
 
@@ -114,6 +114,7 @@ class Trainer:
         self.fabric.seed_everything(opts.seed)
         if self.fabric.global_rank == 0:
             check_writable(self.out_dir)
+            self._copy_tokenizer()
         with self.fabric.init_module(empty_init=False):
             model = GPT(self.config)
         self.model = parallelize(model, self.fabric, opts, system)
@@ -122,6 +123,19 @@ class Trainer:
         optimizer = torch.optim.AdamW(groups, lr=self.plan.lr, betas=self.plan.betas, eps=self.plan.eps, fused=fused)
         self.optimizer = self.fabric.setup_optimizers(optimizer)
         self.peak_flops = device_peak_flops(self.fabric.device)
+
+    def _copy_tokenizer(self) -> None:
+        """The run folder carries its tokenizer, so evaluation needs nothing but the run folder."""
+        import shutil
+
+        data_dir = self.opts.resolved_train_data_dir
+        if data_dir is None and self.opts.data_mixture:
+            from lit_gpt.data.loader import load_mixture
+
+            data_dir = next(iter(load_mixture(self.opts.data_mixture)))
+        source = Path(data_dir, "tokenizer.json") if data_dir else None
+        if source is not None and source.exists():
+            shutil.copyfile(source, self.out_dir / "tokenizer.json")
 
     def _param_groups(self) -> list[dict[str, Any]]:
         class Named(torch.nn.Module):  # param_groups reads names; strip wrapper prefixes first
