@@ -322,10 +322,30 @@ class Trainer:
             return f"loss spike ({loss:.4f} > {opts.spike_threshold} x average {self.loss_ema:.4f})"
         return None
 
+    def forward_backward(self, batches: Iterator[torch.Tensor], lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step's gradients: grad-accumulated micro steps, then clipping. Returns (loss, grad norm).
+
+        The benchmarks time exactly this (plus ``optimizer.step``), so what they measure is what pretrain runs.
+        """
+        fabric, model, optimizer = self.fabric, self.model, self.optimizer
+        ga = self.plan.grad_accum_steps
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group["lr_mult"]
+        step_loss = torch.zeros((), device=fabric.device)
+        for micro in range(ga):
+            batch = next(batches).to(fabric.device, non_blocking=True).long()
+            x, y = batch[:, :-1], batch[:, 1:]
+            sync = nullcontext() if micro == ga - 1 else fabric.no_backward_sync(model)
+            with sync:
+                loss = model(x, targets=y, label_smoothing=self.opts.label_smoothing).loss
+                fabric.backward(loss / ga)
+            step_loss += loss.detach() / ga
+        grad_norm = fabric.clip_gradients(model, optimizer, max_norm=self.plan.grad_clip, error_if_nonfinite=False)
+        return step_loss, grad_norm
+
     def train(self) -> int:
         opts, plan, fabric = self.opts, self.plan, self.fabric
-        model, optimizer = self.model, self.optimizer
-        ga, device = plan.grad_accum_steps, fabric.device
+        optimizer, device = self.optimizer, fabric.device
         run = {"run_name": opts.run_name, "options": opts.to_dict(), "config": self.config.to_dict(),
                "plan": plan.to_dict(), "system": self.system.__dict__, "world_size": fabric.world_size}
         recorder = RunRecorder(self.out_dir, run, self.val_multiple, opts.logger) if fabric.global_rank == 0 else None
@@ -345,18 +365,7 @@ class Trainer:
         try:
             while self.step < plan.max_steps:
                 lr = plan.lr_at(self.step)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * group["lr_mult"]
-                step_loss = torch.zeros((), device=device)
-                for micro in range(ga):
-                    batch = next(batches).to(device, non_blocking=True).long()
-                    x, y = batch[:, :-1], batch[:, 1:]
-                    sync = nullcontext() if micro == ga - 1 else fabric.no_backward_sync(model)
-                    with sync:
-                        loss = model(x, targets=y, label_smoothing=opts.label_smoothing).loss
-                        fabric.backward(loss / ga)
-                    step_loss += loss.detach() / ga
-                grad_norm = fabric.clip_gradients(model, optimizer, max_norm=plan.grad_clip, error_if_nonfinite=False)
+                step_loss, grad_norm = self.forward_backward(batches, lr)
                 skip_reason = None
                 if opts.skip_nonfinite or opts.spike_threshold:
                     mean_loss = fabric.all_reduce(step_loss.detach(), reduce_op="mean")
