@@ -32,6 +32,7 @@ Re-running with the same request (same inputs, sizes and modification times incl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import hashlib
 import json
@@ -282,6 +283,22 @@ def _tokenizer_fingerprint(resolved: str) -> str:
     return h.hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """An advisory lock (POSIX flock) so concurrent prepares of one folder run one after the other."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no locking
+        yield
+        return
+    with open(lock_path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _log(quiet: bool, *args: Any) -> None:
     if not quiet:
         print(*args, flush=True)
@@ -350,165 +367,168 @@ def prepare(
         "max_length": max_length,
         "shuffle": bool(shuffle),
     }
-    meta_path = out / "meta.json"
-    if meta_path.is_file() and not overwrite:
-        try:
-            old = json.loads(meta_path.read_text())
-        except json.JSONDecodeError:
-            old = {}
-        if old.get("request") == request and (out / "train" / "index.json").is_file():
-            _log(quiet, f"{out} is already prepared for this request (meta.json matches): skipping; --overwrite to redo")
-            return old
-
-    # Start clean: only the things this tool writes (the folder may hold other files).
     out.mkdir(parents=True, exist_ok=True)
-    meta_path.unlink(missing_ok=True)
-    for name in ("train", "val"):
-        shutil.rmtree(out / name, ignore_errors=True)
+    with _exclusive(out / ".prepare.lock"):  # ranks or shells preparing the same folder take turns
+        meta_path = out / "meta.json"
+        if meta_path.is_file() and not overwrite:
+            try:
+                old = json.loads(meta_path.read_text())
+            except json.JSONDecodeError:
+                old = {}
+            if old.get("request") == request and (out / "train" / "index.json").is_file():
+                _log(quiet, f"{out} is already prepared for this request (meta.json matches): skipping; --overwrite to redo")
+                return old
 
-    # Tokenizer
-    from lit_gpt.data.tokenizer import Tokenizer, train_builtin_tokenizer
+        # Start clean: only the things this tool writes (the folder may hold other files).
+        meta_path.unlink(missing_ok=True)
+        for name in ("train", "val"):
+            shutil.rmtree(out / name, ignore_errors=True)
 
-    if tok_arg == "builtin":
-        _log(quiet, f"training a byte-level BPE tokenizer (vocab {vocab_size}) on the training documents ...")
-        first = True
+        # Tokenizer
+        from lit_gpt.data.tokenizer import Tokenizer, train_builtin_tokenizer
 
-        def training_texts() -> Iterator[str]:
-            nonlocal first
-            for key, text in source.documents():
-                if first or not _is_val(key, seed, val_fraction):
-                    yield text
-                first = False
+        if tok_arg == "builtin":
+            _log(quiet, f"training a byte-level BPE tokenizer (vocab {vocab_size}) on the training documents ...")
+            first = True
 
-        tok = train_builtin_tokenizer(training_texts(), vocab_size=vocab_size)
-    else:
-        tok = Tokenizer.from_path(tok_arg)
-    tok.save(out)
-    if tok.vocab_size > np.iinfo(np.int32).max:  # pragma: no cover - absurd
-        raise DataError("vocabulary too large for int32 ids")
+            def training_texts() -> Iterator[str]:
+                nonlocal first
+                for key, text in source.documents():
+                    if first or not _is_val(key, seed, val_fraction):
+                        yield text
+                    first = False
 
-    writers = {"train": _PackedWriter(out / "train", chunk), "val": _PackedWriter(out / "val", chunk)}
-    held: dict[str, list[list[np.ndarray]]] = {"train": [], "val": []}  # only with --shuffle
-    held_back: list[np.ndarray] | None = None  # the newest training document, written one step late
-    counts = {"train": 0, "val": 0}
-    pieces = {"train": 0, "val": 0}
-    chars = 0
-
-    def route(split: str, doc_pieces: list[np.ndarray]) -> None:
-        counts[split] += 1
-        pieces[split] += len(doc_pieces)
-        if shuffle:
-            held[split].append(doc_pieces)
+            tok = train_builtin_tokenizer(training_texts(), vocab_size=vocab_size)
         else:
-            for p in doc_pieces:
-                writers[split].add(p)
+            tok = Tokenizer.from_path(tok_arg)
+        tok.save(out)
+        if tok.vocab_size > np.iinfo(np.int32).max:  # pragma: no cover - absurd
+            raise DataError("vocabulary too large for int32 ids")
 
-    def handle(key: str, ids: list[int], first_doc: bool) -> None:
-        nonlocal held_back
-        arr = np.asarray(ids, dtype=np.int32)
-        doc_pieces = [arr] if not max_length else [arr[i : i + max_length] for i in range(0, len(arr), max_length)]
-        if not first_doc and _is_val(key, seed, val_fraction):
-            route("val", doc_pieces)
-            return
+        writers = {"train": _PackedWriter(out / "train", chunk), "val": _PackedWriter(out / "val", chunk)}
+        held: dict[str, list[list[np.ndarray]]] = {"train": [], "val": []}  # only with --shuffle
+        held_back: list[np.ndarray] | None = None  # the newest training document, written one step late
+        counts = {"train": 0, "val": 0}
+        pieces = {"train": 0, "val": 0}
+        chars = 0
+
+        def route(split: str, doc_pieces: list[np.ndarray]) -> None:
+            counts[split] += 1
+            pieces[split] += len(doc_pieces)
+            if shuffle:
+                held[split].append(doc_pieces)
+            else:
+                for p in doc_pieces:
+                    writers[split].add(p)
+
+        def handle(key: str, ids: list[int], first_doc: bool) -> None:
+            nonlocal held_back
+            arr = np.asarray(ids, dtype=np.int32)
+            doc_pieces = [arr] if not max_length else [arr[i : i + max_length] for i in range(0, len(arr), max_length)]
+            if not first_doc and _is_val(key, seed, val_fraction):
+                route("val", doc_pieces)
+                return
+            if held_back is not None:
+                route("train", held_back)
+            held_back = doc_pieces
+
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            unit="doc",
+            desc="tokenizing",
+            disable=quiet,
+            dynamic_ncols=True,
+        )
+        batch_keys: list[str] = []
+        batch_texts: list[str] = []
+        batch_chars = 0
+        seen = 0
+
+        def flush() -> None:
+            nonlocal batch_keys, batch_texts, batch_chars, seen
+            if not batch_texts:
+                return
+            for key, ids in zip(batch_keys, tok.encode_batch(batch_texts, eos=True)):
+                handle(key, ids, seen == 0)
+                seen += 1
+            bar.update(len(batch_texts))
+            bar.set_postfix(tokens=writers["train"].tokens + writers["val"].tokens, refresh=False)
+            batch_keys, batch_texts, batch_chars = [], [], 0
+
+        for key, text in source.documents():
+            batch_keys.append(key)
+            batch_texts.append(text)
+            batch_chars += len(text)
+            chars += len(text)
+            if batch_chars >= _BATCH_CHARS or len(batch_texts) >= _BATCH_DOCS:
+                flush()
+        flush()
+        bar.close()
+
+        if seen == 0:
+            where = "the built-in corpus" if source.builtin else f"{len(source.files)} file(s) under {source.root}"
+            hint = "" if source.builtin else f" (check --text_field {text_field!r} and the file contents)"
+            raise DataError(f"no text found in {where}: every document is empty{hint}")
         if held_back is not None:
-            route("train", held_back)
-        held_back = doc_pieces
+            # No document drew validation (tiny inputs): the last training document becomes the validation split.
+            split = "val" if val_fraction > 0 and counts["val"] == 0 and counts["train"] >= 1 else "train"
+            route(split, held_back)
+        if shuffle:
+            rng = random.Random(seed)
+            for split in ("train", "val"):
+                flat = [p for doc in held[split] for p in doc]
+                rng.shuffle(flat)
+                for p in flat:
+                    writers[split].add(p)
+                held[split].clear()
+        for w in writers.values():
+            w.close()
 
-    from tqdm.auto import tqdm
+        tokens = {s: writers[s].tokens for s in writers}
+        meta = {
+            "format": FORMAT,
+            "vocab_size": tok.vocab_size,
+            "eos_id": tok.eos_id,
+            "bos_id": tok.bos_id,
+            "tokenizer": "tokenizer.json",
+            "tokenizer_source": tok_arg,
+            "dtype": "int32",
+            "documents": dict(counts),
+            "pieces": dict(pieces),
+            "tokens": tokens,
+            "files": {s: writers[s].files for s in writers},
+            "input_files": len(source.files) if not source.builtin else 0,
+            "input_chars": chars,
+            "context_length": context_length,
+            "chunk_tokens": chunk,
+            "splits": [s for s in ("train", "val") if tokens[s] > 0],
+            "request": request,
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+        tmp = meta_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, meta_path)  # meta.json appears only once everything else is written
 
-    bar = tqdm(
-        unit="doc",
-        desc="tokenizing",
-        disable=quiet,
-        dynamic_ncols=True,
-    )
-    batch_keys: list[str] = []
-    batch_texts: list[str] = []
-    batch_chars = 0
-    seen = 0
-
-    def flush() -> None:
-        nonlocal batch_keys, batch_texts, batch_chars, seen
-        if not batch_texts:
-            return
-        for key, ids in zip(batch_keys, tok.encode_batch(batch_texts, eos=True)):
-            handle(key, ids, seen == 0)
-            seen += 1
-        bar.update(len(batch_texts))
-        bar.set_postfix(tokens=writers["train"].tokens + writers["val"].tokens, refresh=False)
-        batch_keys, batch_texts, batch_chars = [], [], 0
-
-    for key, text in source.documents():
-        batch_keys.append(key)
-        batch_texts.append(text)
-        batch_chars += len(text)
-        chars += len(text)
-        if batch_chars >= _BATCH_CHARS or len(batch_texts) >= _BATCH_DOCS:
-            flush()
-    flush()
-    bar.close()
-
-    if seen == 0:
-        where = "the built-in corpus" if source.builtin else f"{len(source.files)} file(s) under {source.root}"
-        hint = "" if source.builtin else f" (check --text_field {text_field!r} and the file contents)"
-        raise DataError(f"no text found in {where}: every document is empty{hint}")
-    if held_back is not None:
-        # No document drew validation (tiny inputs): the last training document becomes the validation split.
-        split = "val" if val_fraction > 0 and counts["val"] == 0 and counts["train"] >= 1 else "train"
-        route(split, held_back)
-    if shuffle:
-        rng = random.Random(seed)
-        for split in ("train", "val"):
-            flat = [p for doc in held[split] for p in doc]
-            rng.shuffle(flat)
-            for p in flat:
-                writers[split].add(p)
-            held[split].clear()
-    for w in writers.values():
-        w.close()
-
-    tokens = {s: writers[s].tokens for s in writers}
-    meta = {
-        "format": FORMAT,
-        "vocab_size": tok.vocab_size,
-        "eos_id": tok.eos_id,
-        "bos_id": tok.bos_id,
-        "tokenizer": "tokenizer.json",
-        "tokenizer_source": tok_arg,
-        "dtype": "int32",
-        "documents": dict(counts),
-        "pieces": dict(pieces),
-        "tokens": tokens,
-        "files": {s: writers[s].files for s in writers},
-        "input_files": len(source.files) if not source.builtin else 0,
-        "input_chars": chars,
-        "context_length": context_length,
-        "chunk_tokens": chunk,
-        "splits": [s for s in ("train", "val") if tokens[s] > 0],
-        "request": request,
-        "seconds": round(time.perf_counter() - start, 2),
-    }
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-
-    src = "built-in corpus" if source.builtin else f"{len(source.files)} input file(s) from {source.root}"
-    _log(
-        quiet,
-        f"prepared {src} -> {out}\n"
-        f"  documents: train {counts['train']:,}, val {counts['val']:,}"
-        + (f" (pieces: train {pieces['train']:,}, val {pieces['val']:,})" if max_length else "")
-        + f"\n  tokens:    train {tokens['train']:,}, val {tokens['val']:,}"
-        f"\n  chunks:    train {writers['train'].files}, val {writers['val'].files} (litdata, int32, "
-        f"{chunk:,} tokens each)"
-        f"\n  tokenizer: vocab {tok.vocab_size:,}, eos {tok.eos_id}, bos {tok.bos_id} ({tok_arg})"
-        f"\n  time:      {meta['seconds']:.1f} s",
-    )
-    if tokens["train"] < context_length + 1:
+        src = "built-in corpus" if source.builtin else f"{len(source.files)} input file(s) from {source.root}"
         _log(
             quiet,
-            f"warning: the training split has {tokens['train']:,} tokens, fewer than one row of "
-            f"context_length+1 = {context_length + 1:,}: train with a shorter context or add data",
+            f"prepared {src} -> {out}\n"
+            f"  documents: train {counts['train']:,}, val {counts['val']:,}"
+            + (f" (pieces: train {pieces['train']:,}, val {pieces['val']:,})" if max_length else "")
+            + f"\n  tokens:    train {tokens['train']:,}, val {tokens['val']:,}"
+            f"\n  chunks:    train {writers['train'].files}, val {writers['val'].files} (litdata, int32, "
+            f"{chunk:,} tokens each)"
+            f"\n  tokenizer: vocab {tok.vocab_size:,}, eos {tok.eos_id}, bos {tok.bos_id} ({tok_arg})"
+            f"\n  time:      {meta['seconds']:.1f} s",
         )
-    return meta
+        if tokens["train"] < context_length + 1:
+            _log(
+                quiet,
+                f"warning: the training split has {tokens['train']:,} tokens, fewer than one row of "
+                f"context_length+1 = {context_length + 1:,}: train with a shorter context or add data",
+            )
+        return meta
 
 
 # ---------------------------------------------------------------------------------------------- CLI
