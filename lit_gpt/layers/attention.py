@@ -1,57 +1,114 @@
 """Causal self-attention (full or sliding window, GQA, optional RoPE, document masking) and YOCO cross-attention.
 
-The reference path is PyTorch SDPA with an explicit boolean mask built by ``attention_mask``; plain causal
-attention with no documents uses SDPA's ``is_causal`` so it reaches the flash kernel on GPUs.
+Every mixer's attention goes through ``attention()``, the one dispatch that picks a backend:
+
+* ``sdpa``: PyTorch SDPA with ``is_causal`` for plain causal attention (reaches the flash kernel on GPUs);
+* ``flash``: the flash-attn package (guarded import), causal / sliding window / varlen by cu_seqlens;
+* ``flex``: FlexAttention with block masks (compiled on CUDA) for windows and documents;
+* ``block_local``: SDPA over tiles of the window size for sliding windows, O(T * 2w);
+* ``reference``: SDPA with the explicit boolean mask of ``attention_mask`` (what every path is tested against).
+
+``LITSCALE_ATTN_IMPL=<name>`` forces one backend wherever it applies (``flash`` needs CUDA and fp16/bf16,
+``block_local`` needs a window); layouts it cannot serve use the reference. Decoding with a KV cache
+(queries at other positions than the keys) always uses the reference path (Tq is small there).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lit_gpt.config import Config, LayerSpec
+from lit_gpt.kernels.attention_masks import (attention_mask, block_local_attention, flash_attention,
+                                             flash_supports, flex_attention, flex_available, reference_attention)
 from lit_gpt.layers.context import SeqContext
 from lit_gpt.layers.rotary import apply_rope
 
+__all__ = ["attention", "attention_mask", "sdpa", "choose_impl", "IMPLS", "CausalSelfAttention", "CrossAttention"]
 
-def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: Optional[int] = None,
-                   q_doc: Optional[torch.Tensor] = None, k_doc: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Bool mask [.., Tq, Tk], True where a query may see a key: causal, inside the window, same document.
+IMPLS = ("reference", "sdpa", "flash", "flex", "block_local")
+ENV_VAR = "LITSCALE_ATTN_IMPL"
+# On CUDA without flash-attn, windows up to this size use the tiled SDPA path instead of FlexAttention
+# (0 = never; set from benchmarks/attention.py measurements).
+BLOCK_LOCAL_MAX_WINDOW_CUDA = 0
 
-    A window of w means each query sees itself and the previous w - 1 tokens.
+
+def choose_impl(q: torch.Tensor, v: torch.Tensor, *, window: Optional[int], doc_ids: Optional[torch.Tensor],
+                impl: Optional[str] = None) -> str:
+    """The backend for a training-layout call (Tq == Tk, queries at the keys' positions)."""
+    T = q.shape[2]
+    if window is not None and window >= T:
+        window = None  # the window does not bind
+    impl = impl or os.environ.get(ENV_VAR) or None
+    if impl is not None:
+        if impl not in IMPLS:
+            raise ValueError(f"{ENV_VAR}/impl must be one of {', '.join(IMPLS)}, got {impl!r}")
+        if impl == "flash" and not flash_supports(q, v):
+            raise RuntimeError("attention impl 'flash' needs flash-attn installed, CUDA tensors and fp16/bf16")
+        if impl == "block_local" and window is None:
+            return "sdpa" if doc_ids is None else "reference"
+        if impl == "sdpa" and (window is not None or doc_ids is not None):
+            return "reference"
+        if impl == "flex" and not flex_available():
+            return "reference"
+        return impl
+    if window is None and doc_ids is None:
+        return "flash" if flash_supports(q, v) else "sdpa"
+    if q.is_cuda:
+        if flash_supports(q, v):
+            return "flash"
+        if window is not None and window <= BLOCK_LOCAL_MAX_WINDOW_CUDA:
+            return "block_local"
+        return "flex" if flex_available() else "reference"
+    # CPU and others: the tiled path wins once the sequence spans a few windows; else the explicit mask
+    if window is not None and T >= 2 * window:
+        return "block_local"
+    return "reference"
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, window: Optional[int] = None,
+              doc_ids: Optional[torch.Tensor] = None, q_pos: Optional[torch.Tensor] = None,
+              k_pos: Optional[torch.Tensor] = None, impl: Optional[str] = None) -> torch.Tensor:
+    """Causal attention. q: [B, H, Tq, D]; k: [B, G, Tk, D]; v: [B, G, Tk, Dv] (G divides H). Returns [B, H, Tq, Dv].
+
+    Without positions the call is in the training layout (Tq == Tk, same positions); with ``q_pos``/``k_pos``
+    (decoding with a cache) the reference path handles any layout. ``doc_ids`` [B, T] masks across documents.
     """
-    diff = q_pos[:, None] - k_pos[None, :]
-    allowed = diff >= 0
-    if window is not None:
-        allowed = allowed & (diff < window)
-    if q_doc is not None and k_doc is not None:
-        allowed = allowed[None] & (q_doc[:, :, None] == k_doc[:, None, :])  # [B, Tq, Tk]
-        return allowed[:, None]  # broadcast over heads
-    return allowed
+    if q_pos is not None or k_pos is not None or q.shape[2] != k.shape[2]:
+        return reference_attention(q, k, v, scale=scale, window=window, q_pos=q_pos, k_pos=k_pos,
+                                   q_doc=doc_ids, k_doc=doc_ids)
+    T = q.shape[2]
+    if window is not None and window >= T:
+        window = None
+    backend = choose_impl(q, v, window=window, doc_ids=doc_ids, impl=impl)
+    if backend == "sdpa":
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
+                                                                enable_gqa=q.shape[1] != k.shape[1])
+    if backend == "flash":
+        return flash_attention(q, k, v, scale=scale, window=window, doc_ids=doc_ids)
+    if backend == "flex":
+        return flex_attention(q, k, v, scale=scale, window=window, doc_ids=doc_ids)
+    if backend == "block_local":
+        return block_local_attention(q, k, v, scale=scale, window=window, doc_ids=doc_ids)
+    return reference_attention(q, k, v, scale=scale, window=window, q_doc=doc_ids, k_doc=doc_ids)
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, window: Optional[int] = None,
          q_pos: Optional[torch.Tensor] = None, k_pos: Optional[torch.Tensor] = None,
          q_doc: Optional[torch.Tensor] = None, k_doc: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """q: [B, H, Tq, D]; k, v: [B, G, Tk, D] with G dividing H. Positions default to 0..T-1 (training)."""
-    Tq, Tk = q.shape[2], k.shape[2]
-    gqa = q.shape[1] != k.shape[1]
-    plain_causal = window is None and q_doc is None and q_pos is None and Tq == Tk
-    if plain_causal:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
-    if q_pos is None:
-        q_pos = torch.arange(Tk - Tq, Tk, device=q.device)
-    if k_pos is None:
-        k_pos = torch.arange(Tk, device=q.device)
-    mask = attention_mask(q_pos, k_pos, window, q_doc, k_doc)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    """Backward-compatible entry point: ``attention`` with separate query/key document ids (must be equal)."""
+    return attention(q, k, v, scale=scale, window=window, doc_ids=q_doc if q_doc is not None else k_doc,
+                     q_pos=q_pos, k_pos=k_pos)
 
 
 class CausalSelfAttention(nn.Module):
-    """Fused qkv projection laid out as [q | k | v]; GQA with ``n_query_groups`` K/V heads."""
+    """Fused qkv projection laid out as [q | k | v]; GQA with ``n_query_groups`` K/V heads.
+
+    Subclasses change only ``core`` (q, k, v -> per-head outputs), so caching and YOCO sharing live here once.
+    """
 
     def __init__(self, config: Config, layer: LayerSpec):
         super().__init__()
@@ -78,14 +135,14 @@ class CausalSelfAttention(nn.Module):
         if cache is None:
             if self.layer.produces_kv:
                 ctx.shared["kv"] = (k, v, None)
-            y = self.attend(q, k, v, ctx)
+            y = self.core(q, k, v, window=self.layer.window, doc_ids=ctx.doc_ids)
         else:
             y = self.attend_cached(q, k, v, ctx, cache)
         return self.proj(y.transpose(1, 2).reshape(B, T, self.config.attn_dim))
 
-    def attend(self, q, k, v, ctx: SeqContext) -> torch.Tensor:
-        return sdpa(q, k, v, scale=self.config.attention_scale, window=self.layer.window,
-                    q_doc=ctx.doc_ids, k_doc=ctx.doc_ids)
+    def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **mask) -> torch.Tensor:
+        """[B, H, T, D] queries, [B, G, Tk, D] keys/values -> [B, H, T, D] (or any [B, h, T, d] with h·d = attn_dim)."""
+        return attention(q, k, v, scale=self.config.attention_scale, **mask)
 
     def attend_cached(self, q, k, v, ctx: SeqContext, cache: dict) -> torch.Tensor:
         offset, T = ctx.offset, q.shape[2]
@@ -93,13 +150,14 @@ class CausalSelfAttention(nn.Module):
             k = torch.cat((cache["k"], k), dim=2)
             v = torch.cat((cache["v"], v), dim=2)
             k_start = cache["start"]
-        else:
+            q_pos = torch.arange(offset, offset + T, device=q.device)
+            k_pos = torch.arange(k_start, k_start + k.shape[2], device=q.device)
+            y = self.core(q, k, v, window=self.layer.window, q_pos=q_pos, k_pos=k_pos)
+        else:  # prefill: the training layout, so the fast paths apply
             k_start = offset
-        q_pos = torch.arange(offset, offset + T, device=q.device)
-        k_pos = torch.arange(k_start, k_start + k.shape[2], device=q.device)
+            y = self.core(q, k, v, window=self.layer.window)
         if self.layer.produces_kv:
-            ctx.shared["kv"] = (k, v, k_pos)
-        y = sdpa(q, k, v, scale=self.config.attention_scale, window=self.layer.window, q_pos=q_pos, k_pos=k_pos)
+            ctx.shared["kv"] = (k, v, k_start)  # the cross layers' keys start at absolute position k_start
         window = self.layer.window
         if window is not None and k.shape[2] > window - 1:  # keep only what a future query can still see
             keep = window - 1
@@ -121,11 +179,18 @@ class CrossAttention(nn.Module):
         B, T, _ = x.shape
         if "kv" not in ctx.shared:
             raise RuntimeError("cross-attention layer ran before the YOCO layer that produces the shared K/V")
-        k, v, k_pos = ctx.shared["kv"]
+        k, v, k_start = ctx.shared["kv"]  # k_start: None in training, else the keys' first absolute position
         q = self.q(x).view(B, T, self.config.n_head, self.config.head_size).transpose(1, 2)
-        if k_pos is None:
-            y = sdpa(q, k, v, scale=self.config.attention_scale, q_doc=ctx.doc_ids, k_doc=ctx.doc_ids)
+        if self.layer.rope and ctx.rope is not None:
+            cos, sin = ctx.rope
+            q = apply_rope(q, cos, sin)
+        if k_start is None or (k.shape[2] == T and k_start == ctx.offset):
+            y = self.core(q, k, v, doc_ids=ctx.doc_ids)  # training layout (or a prefill)
         else:
             q_pos = torch.arange(ctx.offset, ctx.offset + T, device=q.device)
-            y = sdpa(q, k, v, scale=self.config.attention_scale, q_pos=q_pos, k_pos=k_pos)
+            k_pos = torch.arange(k_start, k_start + k.shape[2], device=q.device)
+            y = self.core(q, k, v, q_pos=q_pos, k_pos=k_pos)
         return self.proj(y.transpose(1, 2).reshape(B, T, self.config.attn_dim))
+
+    def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **mask) -> torch.Tensor:
+        return attention(q, k, v, scale=self.config.attention_scale, **mask)

@@ -1,0 +1,230 @@
+"""Attention masks and the masked attention kernels built from them.
+
+Semantics every path shares (the reference is ``reference_attention``): a query at position p sees a key at
+position p' when p' <= p, p - p' < window (a window of w means itself and the previous w - 1 tokens) and,
+with documents, both belong to the same document.
+
+* ``attention_mask``: the explicit boolean mask the reference SDPA call uses.
+* ``block_local_attention``: sliding-window attention as SDPA over tiles: the queries of tile i see keys of
+  tiles i - 1 and i under a static band mask, so the work is O(T * 2 * tile) instead of O(T^2).
+* ``flex_block_mask`` / ``flex_attention``: FlexAttention with block masks cached per (shape, window) and built
+  per batch for document layouts (compiled on CUDA, eager elsewhere: eager is slow and for tests only).
+* ``flash_attention``: the flash-attn package (guarded import), varlen through cu_seqlens from document ids.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "attention_mask", "reference_attention", "block_local_attention", "flex_available", "flex_block_mask",
+    "flex_attention", "flash_attn_available", "flash_attention", "cu_seqlens_from_doc_ids",
+]
+
+
+# ------------------------------------------------------------------------------------------- reference
+def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: Optional[int] = None,
+                   q_doc: Optional[torch.Tensor] = None, k_doc: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Bool mask [Tq, Tk] (or [B, 1, Tq, Tk] with documents), True where a query may see a key."""
+    diff = q_pos[:, None] - k_pos[None, :]
+    allowed = diff >= 0
+    if window is not None:
+        allowed = allowed & (diff < window)
+    if q_doc is not None and k_doc is not None:
+        allowed = allowed[None] & (q_doc[:, :, None] == k_doc[:, None, :])  # [B, Tq, Tk]
+        return allowed[:, None]  # broadcast over heads
+    return allowed
+
+
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
+                        window: Optional[int] = None, q_pos: Optional[torch.Tensor] = None,
+                        k_pos: Optional[torch.Tensor] = None, q_doc: Optional[torch.Tensor] = None,
+                        k_doc: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """SDPA with an explicit boolean mask. q: [B, H, Tq, D]; k: [B, G, Tk, D]; v: [B, G, Tk, Dv].
+
+    Positions default to the training layout: the queries are the last Tq of the Tk keys.
+    """
+    Tq, Tk = q.shape[2], k.shape[2]
+    if q_pos is None:
+        q_pos = torch.arange(Tk - Tq, Tk, device=q.device)
+    if k_pos is None:
+        k_pos = torch.arange(Tk, device=q.device)
+    mask = attention_mask(q_pos, k_pos, window, q_doc, k_doc)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+
+
+# ------------------------------------------------------------------------------------------- block-local SWA
+@functools.lru_cache(maxsize=64)
+def _band_mask(tile: int, window: int, n_tiles: int, device: torch.device) -> torch.Tensor:
+    """[n_tiles, 1, tile, 2*tile]: query r of tile i sees key c of [tile i-1, tile i] when 0 <= diff < window."""
+    r = torch.arange(tile, device=device)[:, None]
+    c = torch.arange(2 * tile, device=device)[None, :]
+    diff = tile + r - c  # query position minus key position
+    band = (diff >= 0) & (diff < window)
+    tiles = band.expand(n_tiles, tile, 2 * tile).clone()
+    tiles[0, :, :tile] = False  # tile 0 has no previous tile (zero padding)
+    return tiles[:, None]
+
+
+def block_local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, window: int,
+                          doc_ids: Optional[torch.Tensor] = None, tile: Optional[int] = None) -> torch.Tensor:
+    """Sliding-window causal attention by tiles (training layout, Tq == Tk). Needs tile >= window.
+
+    q: [B, H, T, D]; k: [B, G, T, D]; v: [B, G, T, Dv]; doc_ids: [B, T] or None. Returns [B, H, T, Dv].
+    """
+    B, H, T, _ = q.shape
+    G, Dv = k.shape[1], v.shape[-1]
+    tile = window if tile is None else tile
+    if tile < window:
+        raise ValueError(f"block-local attention needs tile ({tile}) >= window ({window})")
+    n = -(-T // tile)
+    pad = n * tile - T
+
+    def tiles(x: torch.Tensor, front: int) -> torch.Tensor:  # [B, h, T, d] -> [B, h, n + front, tile, d]
+        x = F.pad(x, (0, 0, front * tile, pad))
+        return x.view(x.shape[0], x.shape[1], -1, tile, x.shape[-1])
+
+    def to_batch(x: torch.Tensor) -> torch.Tensor:  # [B, h, n, t, d] -> [B * n, h, t, d]
+        return x.transpose(1, 2).reshape(B * n, x.shape[1], x.shape[3], x.shape[4])
+
+    qt = to_batch(tiles(q, 0))
+    kt, vt = tiles(k, 1), tiles(v, 1)
+    kw = to_batch(torch.cat((kt[:, :, :-1], kt[:, :, 1:]), dim=3))  # [B * n, G, 2 * tile, D]
+    vw = to_batch(torch.cat((vt[:, :, :-1], vt[:, :, 1:]), dim=3))
+    mask = _band_mask(tile, window, n, q.device)  # [n, 1, tile, 2 * tile]
+    if doc_ids is not None:
+        dq = F.pad(doc_ids, (0, pad), value=-1).view(B, n, tile)
+        dk = F.pad(doc_ids, (tile, pad), value=-2).view(B, n + 1, tile)
+        dk = torch.cat((dk[:, :-1], dk[:, 1:]), dim=2)  # [B, n, 2 * tile]
+        same = dq[:, :, :, None] == dk[:, :, None, :]
+        mask = (mask[None, :, 0] & same).reshape(B * n, 1, tile, 2 * tile)
+    else:
+        mask = mask.repeat(B, 1, 1, 1)
+    y = F.scaled_dot_product_attention(qt, kw, vw, attn_mask=mask, scale=scale, enable_gqa=H != G)
+    y = y.view(B, n, H, tile, Dv).transpose(1, 2).reshape(B, H, n * tile, Dv)
+    return y[:, :, :T]
+
+
+# ------------------------------------------------------------------------------------------- FlexAttention
+@functools.lru_cache(maxsize=1)
+def flex_available() -> bool:
+    try:
+        from torch.nn.attention import flex_attention as _  # noqa: F401
+    except Exception:  # pragma: no cover - old torch
+        return False
+    return True
+
+
+def _mask_mod(window: Optional[int], doc_ids: Optional[torch.Tensor]):
+    def causal(b, h, q_idx, kv_idx):
+        allowed = q_idx >= kv_idx
+        if window is not None:
+            allowed = allowed & (q_idx - kv_idx < window)
+        if doc_ids is not None:
+            allowed = allowed & (doc_ids[b, q_idx] == doc_ids[b, kv_idx])
+        return allowed
+
+    return causal
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_block_mask(T: int, window: Optional[int], device: torch.device, compile_mask: bool):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return create_block_mask(_mask_mod(window, None), None, None, T, T, device=device, _compile=compile_mask)
+
+
+def flex_block_mask(T: int, window: Optional[int], doc_ids: Optional[torch.Tensor], device: torch.device):
+    """Block mask for causal (+window) (+documents) attention over T tokens.
+
+    Without documents the mask depends only on (T, window, device) and is cached; document layouts change every
+    batch, so their mask is built per call (block-sparse, cheap compared with the attention itself).
+    """
+    compile_mask = device.type == "cuda"
+    if doc_ids is None:
+        return _cached_block_mask(T, window, device, compile_mask)
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return create_block_mask(_mask_mod(window, doc_ids), doc_ids.shape[0], None, T, T, device=device,
+                             _compile=compile_mask)
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention as flex
+
+    return torch.compile(flex, dynamic=False)
+
+
+def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, window: Optional[int] = None,
+                   doc_ids: Optional[torch.Tensor] = None, compiled: Optional[bool] = None) -> torch.Tensor:
+    """FlexAttention in the training layout (Tq == Tk). Compiled on CUDA unless ``compiled`` says otherwise."""
+    from torch.nn.attention.flex_attention import flex_attention as flex
+
+    T = q.shape[2]
+    block_mask = flex_block_mask(T, window, doc_ids, q.device)
+    compiled = q.is_cuda if compiled is None else compiled
+    fn = _compiled_flex() if compiled else flex
+    return fn(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+
+
+# ------------------------------------------------------------------------------------------- flash-attn
+@functools.lru_cache(maxsize=1)
+def _flash_module() -> Any:
+    try:
+        import flash_attn  # noqa: F401
+        from flash_attn import flash_attn_func, flash_attn_varlen_func
+    except Exception:
+        return None
+    return flash_attn_func, flash_attn_varlen_func
+
+
+def flash_attn_available() -> bool:
+    return _flash_module() is not None
+
+
+def flash_supports(q: torch.Tensor, v: torch.Tensor) -> bool:
+    return (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256
+            and flash_attn_available())
+
+
+def cu_seqlens_from_doc_ids(doc_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Cumulative sequence lengths (int32, [n_docs + 1]) over the flattened batch, and the longest document.
+
+    Every row starts a new document, and so does every change of document id within a row.
+    """
+    B, T = doc_ids.shape
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    idx = torch.nonzero(starts.reshape(-1), as_tuple=False).squeeze(1)
+    cu = torch.cat((idx, torch.tensor([B * T], device=idx.device, dtype=idx.dtype))).to(torch.int32)
+    max_len = int((cu[1:] - cu[:-1]).max().item())
+    return cu, max_len
+
+
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
+                    window: Optional[int] = None, doc_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """flash-attn in the training layout. Inputs [B, H, T, D] (any strides with a unit last stride).
+
+    flash-attn needs equal q/k/v head sizes, so a wider value (differential attention) is split into chunks.
+    """
+    flash_func, varlen_func = _flash_module()
+    Dq, Dv = q.shape[-1], v.shape[-1]
+    if Dv != Dq and Dv % Dq == 0:
+        return torch.cat([flash_attention(q, k, vc, scale=scale, window=window, doc_ids=doc_ids)
+                          for vc in v.split(Dq, dim=-1)], dim=-1)
+    B, H, T, _ = q.shape
+    win = (-1, -1) if window is None else (window - 1, 0)
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, T, h, d]
+    if doc_ids is None:
+        y = flash_func(qt, kt, vt, softmax_scale=scale, causal=True, window_size=win)
+    else:
+        cu, max_len = cu_seqlens_from_doc_ids(doc_ids)
+        y = varlen_func(qt.reshape(B * T, H, Dq), kt.reshape(B * T, k.shape[1], Dq), vt.reshape(B * T, v.shape[1], Dv),
+                        cu, cu, max_len, max_len, softmax_scale=scale, causal=True, window_size=win)
+        y = y.view(B, T, H, Dv)
+    return y.transpose(1, 2)
