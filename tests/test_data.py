@@ -201,6 +201,31 @@ def test_prepare_builtin_corpus(builtin_prepared):
     assert int(batch.max()) < meta["vocab_size"]
 
 
+def test_prepare_single_file_and_concurrent_calls(raw_folder, prepared, tmp_path):
+    import threading
+
+    root, _ = raw_folder
+    meta = prepare(tmp_path / "one", root / "part0.jsonl", tokenizer=prepared, context_length=16, quiet=True)
+    assert meta["input_files"] == 1 and meta["documents"]["train"] + meta["documents"]["val"] == 10
+
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(prepare(tmp_path / "same", root, tokenizer=prepared, context_length=16, quiet=True))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 3
+    assert all(r["tokens"] == results[0]["tokens"] for r in results)
+    assert count_rows(tmp_path / "same", "train", 17) > 0
+
+
 # ---------------------------------------------------------------------------------------------- loaders
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_train_loader_resume_does_not_replay(builtin_prepared, num_workers):
@@ -284,6 +309,10 @@ def test_bad_inputs_raise_data_error(tmp_path, raw_folder, prepared):
         prepare(out, tmp_path / "blank", quiet=True)
     with pytest.raises(DataError, match="tokenizer path .* does not exist"):
         prepare(out, root, tokenizer=tmp_path / "no_tokenizer.json", quiet=True)
+    before = (prepared / "meta.json").read_text()
+    with pytest.raises(DataError, match="has no tokenizer.json"):  # fails before touching the output folder
+        prepare(prepared, root, tokenizer=tmp_path / "empty", overwrite=True, quiet=True)
+    assert (prepared / "meta.json").read_text() == before
     with pytest.raises(DataError, match="val_fraction"):
         prepare(out, root, val_fraction=1.0, quiet=True)
 

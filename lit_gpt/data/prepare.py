@@ -74,8 +74,10 @@ def discover_files(input_dir: str | os.PathLike) -> list[Path]:
     root = Path(input_dir)
     if not root.exists():
         raise DataError(f"input folder {root} does not exist: pass --input_dir a folder of .txt/.md/.jsonl files")
-    if not root.is_dir():
-        raise DataError(f"--input_dir {root} is a file, not a folder: pass the folder that holds it")
+    if root.is_file():
+        if _suffix(root) in KNOWN_SUFFIXES:
+            return [root]
+        raise DataError(f"--input_dir {root} is not a folder or a known file type: use {', '.join(KNOWN_SUFFIXES)}")
     everything = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
     if not everything:
         raise DataError(f"input folder {root} is empty: put .txt/.md/.jsonl/.jsonl.gz/.parquet files in it")
@@ -347,9 +349,13 @@ def prepare(
         source = _Source(None, (), text_field)
     else:
         root = Path(input_dir).expanduser()
-        source = _Source(root.resolve() if root.exists() else root, tuple(), text_field)
-        source = _Source(source.root, tuple(discover_files(source.root)), text_field)
+        files = discover_files(root)
+        base = root.resolve() if root.is_dir() else root.resolve().parent
+        source = _Source(base, tuple(f.resolve() for f in files), text_field)
     tok_arg = _resolve_tokenizer_arg(tokenizer)
+    from lit_gpt.data.tokenizer import Tokenizer, train_builtin_tokenizer
+
+    given_tok = None if tok_arg == "builtin" else Tokenizer.from_path(tok_arg)  # fail before touching the output
     chunk = _chunk_tokens_for(context_length, chunk_tokens)
 
     request = {
@@ -367,7 +373,11 @@ def prepare(
         "max_length": max_length,
         "shuffle": bool(shuffle),
     }
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".prepare.lock").touch()
+    except OSError as exc:
+        raise DataError(f"cannot write to --output_dir {out} ({exc.strerror or exc}): choose a writable folder") from None
     with _exclusive(out / ".prepare.lock"):  # ranks or shells preparing the same folder take turns
         meta_path = out / "meta.json"
         if meta_path.is_file() and not overwrite:
@@ -385,8 +395,6 @@ def prepare(
             shutil.rmtree(out / name, ignore_errors=True)
 
         # Tokenizer
-        from lit_gpt.data.tokenizer import Tokenizer, train_builtin_tokenizer
-
         if tok_arg == "builtin":
             _log(quiet, f"training a byte-level BPE tokenizer (vocab {vocab_size}) on the training documents ...")
             first = True
@@ -400,7 +408,7 @@ def prepare(
 
             tok = train_builtin_tokenizer(training_texts(), vocab_size=vocab_size)
         else:
-            tok = Tokenizer.from_path(tok_arg)
+            tok = given_tok
         tok.save(out)
         if tok.vocab_size > np.iinfo(np.int32).max:  # pragma: no cover - absurd
             raise DataError("vocabulary too large for int32 ids")
