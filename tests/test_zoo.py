@@ -1,0 +1,194 @@
+"""Every registered architecture end to end (CPU, tiny widths): shapes, causality, incremental decoding == full
+forward, varlen isolation through the model, exact parameter counts, the SPEC closed forms, a short training run,
+the YOCO depth rule and the init rules the model applies to the mixers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lit_gpt.config import ARCHS, Config, ConfigError
+from lit_gpt.model import GPT
+from lit_gpt.scaling import closed_form_non_embedding, count_parameters
+
+VOCAB = 256
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def zoo_config(arch: str, depth: int = 4, **kw) -> Config:
+    """Tiny width; windows shrunk to 4 so they bind at these lengths. phi4miniflash keeps 64-wide heads' ratio."""
+    size = dict(ar=16, head_size=8) if arch == "phi4miniflash" else dict(ar=8)
+    if ARCHS[arch].window is not None:
+        kw.setdefault("sliding_window", 4)
+    return Config.from_name(f"{arch}_d{depth}", vocab_size=VOCAB, **size, **kw)
+
+
+def model_for(arch: str, depth: int = 4, seed: int = 0, **kw) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(zoo_config(arch, depth, **kw)).eval()
+
+
+ZOO = list(ARCHS)
+
+
+@pytest.mark.parametrize("arch", ZOO)
+def test_shapes_and_loss(arch):
+    model = model_for(arch)
+    idx = torch.randint(0, VOCAB, (2, 17))
+    out = model(idx)
+    assert out.logits.shape == (2, 17, model.config.padded_vocab_size)
+    loss = model(idx, targets=idx).loss
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert abs(loss.item() - math.log(model.config.padded_vocab_size)) < 1.0  # near-uniform at init
+
+
+@pytest.mark.parametrize("arch", ZOO)
+def test_causality(arch):
+    model = model_for(arch, depth=8)
+    idx = torch.randint(0, VOCAB, (1, 20))
+    with torch.no_grad():
+        ref = model(idx).logits
+        for t in (3, 12):
+            idx2 = idx.clone()
+            idx2[0, t] = (idx2[0, t] + 1) % VOCAB
+            out = model(idx2).logits
+            torch.testing.assert_close(out[:, :t], ref[:, :t], atol=1e-6, rtol=0)
+            assert (out[:, t] - ref[:, t]).abs().max() > 1e-7
+
+
+@pytest.mark.parametrize("arch", ZOO)
+def test_incremental_decoding_equals_full(arch):
+    """Prefill 7 tokens, a 4-token chunk, then one token at a time (windows of 4 roll their caches)."""
+    model = model_for(arch, depth=8)
+    idx = torch.randint(0, VOCAB, (2, 21))
+    with torch.no_grad():
+        full = model(idx).logits
+        state = model.init_state(2)
+        pieces = [(0, 7), (7, 11)] + [(t, t + 1) for t in range(11, 21)]
+        inc = torch.cat([model(idx[:, s:e], state=state).logits for s, e in pieces], dim=1)
+    assert state.pos == 21
+    torch.testing.assert_close(inc, full, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ZOO)
+def test_varlen_isolation_through_model(arch):
+    """[docA EOS docB] with varlen: docB's logits equal those of docB alone (cross-attention and GMU included)."""
+    eos = 0
+    model = model_for(arch, depth=8, varlen=True, eos_id=eos)
+    a = torch.randint(1, VOCAB, (2, 8))
+    b = torch.randint(1, VOCAB, (2, 11))
+    packed = torch.cat((a, torch.full((2, 1), eos), b), dim=1)
+    with torch.no_grad():
+        out = model(packed).logits
+        alone = model(b).logits
+        alone_a = model(torch.cat((a, torch.full((2, 1), eos)), 1)).logits
+    torch.testing.assert_close(out[:, 9:], alone, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out[:, :9], alone_a, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ZOO)
+@pytest.mark.parametrize("depth", [4, 8])
+def test_parameter_count_exact(arch, depth):
+    cfg = zoo_config(arch, depth, attn_bias=True) if arch == "sambay" else zoo_config(arch, depth)
+    model = GPT(cfg)
+    counted = count_parameters(cfg)
+    assert model.num_parameters() == counted.total
+    assert model.num_parameters(non_embedding=True) == counted.non_embedding
+
+
+# Closed forms are leading-order (L³) approximations; lower-order terms (norms, Mamba's per-channel vectors, the
+# YOCO producer/memory layers, rounded coefficients) decay like 1/L. Measured deviations at the SPEC aspect ratio:
+# most archs are within 2% from d16 on; these exceed it and get the measured bound (+ margin):
+#   sambayoco d16 +2.48% (exact leading coefficient is 13.5625·ar², not 13.5), mambay d16 +2.01%,
+#   phi4miniflash (its 64-wide heads, 2 KV ratio and biases make attention scale with ar², so sambayda's form is
+#   only indicative): d16 -1.55%, d24 -0.25%, d32 -2.28%.
+CLOSED_FORM_TOL = {("sambayoco", 16): 0.026, ("mambay", 16): 0.022, ("phi4miniflash", 32): 0.025}
+
+
+@pytest.mark.parametrize("arch", ZOO)
+def test_closed_form_parameter_count(arch):
+    ar = ARCHS[arch].ar
+    deviations = {}
+    for depth in (4, 8, 16, 24, 32):
+        try:
+            cfg = Config.from_name(f"{arch}_d{depth}")
+        except ConfigError:
+            continue  # phi4miniflash needs 80·L divisible by 64
+        with torch.device("meta"):
+            model = GPT(cfg)
+        n = model.num_parameters(non_embedding=True)
+        assert n == count_parameters(cfg).non_embedding
+        deviations[depth] = n / closed_form_non_embedding(arch, depth, ar) - 1
+    print(f"\n{arch} closed-form deviation: " + ", ".join(f"d{d} {v:+.2%}" for d, v in deviations.items()))
+    for depth, dev in deviations.items():
+        if depth >= 16:
+            assert abs(dev) <= CLOSED_FORM_TOL.get((arch, depth), 0.02), (arch, depth, dev)
+
+
+def test_mamba_exact_closed_form():
+    """The all-Mamba stack (with MLPs), derived exactly: N = 18.25·ar²·L³ + 112·ar·L² + ar·L (non-embedding)."""
+    for depth in (1, 3, 8, 17):
+        for ar in (16, 112):
+            cfg = Config.from_name(f"mamba_d{depth}", ar=ar, head_size=128)
+            w = ar * depth
+            if w % 16:
+                continue
+            exact = 18.25 * ar**2 * depth**3 + 112 * ar * depth**2 + ar * depth
+            assert count_parameters(cfg).non_embedding == exact
+            with torch.device("meta"):
+                assert GPT(cfg).num_parameters(non_embedding=True) == exact
+
+
+@pytest.mark.parametrize("arch", ZOO)
+def test_short_training_lowers_loss(arch):
+    torch.manual_seed(0)
+    model = GPT(zoo_config(arch, 4)).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, VOCAB, (4, 33), generator=g)
+    losses = []
+    for _ in range(30):
+        loss = model(idx[:, :-1], targets=idx[:, 1:]).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0] - 1.0, losses[::5]
+
+
+@pytest.mark.parametrize("arch", ["sambay", "sambayda", "sambayoco", "mambay", "phi4miniflash"])
+def test_yoco_invalid_depth(arch):
+    with pytest.raises(ConfigError, match="divisible by 4"):
+        Config.from_name(f"{arch}_d6", ar=16, head_size=8)
+
+
+@pytest.mark.parametrize("param", ["sp", "mup++"])
+def test_mamba_init_survives_model_reset(param):
+    """GPT.reset_parameters keeps Mamba's dt bias, A_log and D; SP re-inits dt_proj's weight N(0, 0.02)."""
+    torch.manual_seed(0)
+    cfg = Config.from_name("mamba_d4", ar=64, vocab_size=VOCAB, parameterization=param)
+    model = GPT(cfg)
+    mixer = model.transformer.h[0].mixer
+    dt = torch.nn.functional.softplus(mixer.dt_proj.bias)
+    assert 1e-4 - 1e-9 <= dt.min() and dt.max() <= 0.1 + 1e-6
+    assert torch.equal(mixer.A_log[0], torch.log(torch.arange(1.0, 17.0)))
+    assert torch.equal(mixer.D, torch.ones_like(mixer.D))
+    bound = cfg.dt_rank ** -0.5
+    w = mixer.dt_proj.weight
+    if param == "sp":
+        assert abs(w.std().item() - 0.02) < 0.004
+    else:
+        assert w.abs().max() <= bound and w.std().item() > 0.4 * bound
+    assert mixer.conv1d.bias.abs().max() > 0  # PyTorch's default conv init, not zeroed by the Linear pass
