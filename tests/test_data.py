@@ -285,6 +285,11 @@ def test_mixture_weights_are_respected(tmp_path):
     share_a = sum("alpha" in r or "apple" in r or "anchor" in r for r in rows) / len(rows)
     assert 0.65 < share_a < 0.85, share_a
 
+    # A folder tokenized by another BPE of the same size cannot join the mixture.
+    prepare(tmp_path / "c", tmp_path / "raw_b", vocab_size=300, context_length=16, quiet=True)
+    with pytest.raises(DataError, match="different tokenizer"):
+        build_train_loader(mixture={str(tmp_path / "a"): 1, str(tmp_path / "c"): 1}, seq_len=16, micro_batch=2)
+
 
 # ---------------------------------------------------------------------------------------------- errors
 def test_bad_inputs_raise_data_error(tmp_path, raw_folder, prepared):

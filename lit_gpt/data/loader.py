@@ -110,6 +110,17 @@ def count_rows(data_dir: str | os.PathLike, split: str, row_len: int) -> int:
     return sum(dim // row_len for dim in _split_index(data_dir, split))
 
 
+def _tokenizer_identity(folder: str | os.PathLike, meta: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What must agree between mixture folders: the tokenizer file itself (hash), vocab and EOS."""
+    digest = meta.get("tokenizer_sha256")
+    file = Path(folder) / str(meta.get("tokenizer", "tokenizer.json"))
+    if digest is None and file.is_file():
+        import hashlib
+
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+    return int(meta["vocab_size"]), meta["eos_id"], digest
+
+
 def _longest_seq_len(chunks: list[int], rows_needed: int) -> int:
     """The largest seq_len whose rows of seq_len+1 tokens still give ``rows_needed`` rows (0 if none)."""
     lo, hi = 0, max(chunks, default=0)
@@ -194,11 +205,11 @@ def build_train_loader(
     metas = {folder: read_meta(folder) for folder in weights}
     first_folder, first = next(iter(metas.items()))
     for folder, meta in metas.items():
-        if (meta["vocab_size"], meta["eos_id"]) != (first["vocab_size"], first["eos_id"]):
+        if _tokenizer_identity(folder, meta) != _tokenizer_identity(first_folder, first):
             raise DataError(
-                f"{folder} was tokenized differently from {first_folder} (vocab {meta['vocab_size']} / eos "
-                f"{meta['eos_id']} vs {first['vocab_size']} / {first['eos_id']}): prepare every mixture folder "
-                "with the same --tokenizer"
+                f"{folder} was tokenized with a different tokenizer than {first_folder} (vocab {meta['vocab_size']}"
+                f" vs {first['vocab_size']}): prepare every mixture folder with the same --tokenizer "
+                f"(e.g. --tokenizer {Path(first_folder) / 'tokenizer.json'})"
             )
         rows = count_rows(folder, "train", row_len)
         need = micro_batch * world

@@ -501,6 +501,7 @@ def prepare(
             "bos_id": tok.bos_id,
             "tokenizer": "tokenizer.json",
             "tokenizer_source": tok_arg,
+            "tokenizer_sha256": hashlib.sha256((out / "tokenizer.json").read_bytes()).hexdigest(),
             "dtype": "int32",
             "documents": dict(counts),
             "pieces": dict(pieces),
