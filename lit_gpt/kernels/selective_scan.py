@@ -141,7 +141,7 @@ def _scan_chunk(h0: Tensor, delta: Tensor, xf: Tensor, Bf: Tensor, Cf: Tensor, A
         a = torch.cat([a[:, :k], a[:, k:] * a[:, :-k]], dim=1)
         k *= 2
     h = torch.addcmul(u, a, h0.unsqueeze(1))  # h_t = (prod_{s<=t} a_s) h0 + u_t
-    y = torch.einsum("bldn,bln->bld", h, Cf)
+    y = (h * Cf.unsqueeze(2)).sum(-1)  # not einsum: autocast would run that in bf16
     return y, h[:, -1]
 
 
@@ -319,7 +319,7 @@ def selective_scan_step(state: Tensor, x_t: Tensor, dt_t: Tensor, A: Tensor, B_t
     xf = x_t.to(f)
     new_state = torch.exp(delta.unsqueeze(-1) * A.to(f)) * state.to(f) \
         + (delta * xf).unsqueeze(-1) * B_t.to(f).unsqueeze(1)
-    y = torch.einsum("bdn,bn->bd", new_state, C_t.to(f))
+    y = (new_state * C_t.to(f).unsqueeze(1)).sum(-1)  # (no einsum: autocast would make it bf16)
     if D is not None:
         y = y + xf * D.to(f)
     return y.to(x_t.dtype), new_state

@@ -6,7 +6,7 @@ loaded at once (coalesced [BLOCK_T, BLOCK_D] loads of x and dt, [BLOCK_T, d_stat
 recurrence inside the tile is an associative scan over the time axis of the affine maps h -> a h + u
 (a = exp(delta A) in (0, 1], or 0 at a reset), so only the carry between tiles is sequential.
 
-Forward saves the inputs plus the state at the start of every checkpoint chunk (BLOCK_T * CKPT_TILES steps):
+Forward saves the inputs plus the state at the start of every checkpoint chunk (CONFIG["CKPT_STEPS"] steps):
 [batch, n_chunks, d_inner, d_state] fp32.  Backward walks the chunks in reverse: it recomputes the states at
 the start of the chunk's tiles (kept in a small per-program scratch buffer), then for each tile in reverse
 recomputes h inside the tile, runs the reverse scan for dL/dh_t = C_t gy_t + a_{t+1} dL/dh_{t+1} and forms
@@ -36,20 +36,31 @@ def _env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
-# Launch configuration. Mutable so that benchmarks can sweep it; BLOCK_T * CKPT_TILES (the checkpoint
+# Launch configuration. Mutable so that benchmarks can sweep it; CKPT_STEPS (the checkpoint
 # interval) must not change between a forward and its backward.
 CONFIG = {
-    "BLOCK_T": _env_int("LITSCALE_SCAN_BLOCK_T", 16),
-    "CKPT_TILES": _env_int("LITSCALE_SCAN_CKPT_TILES", 8),
+    "CKPT_STEPS": _env_int("LITSCALE_SCAN_CKPT_STEPS", 128),  # forward saves the state every CKPT_STEPS steps
+    "FWD_BLOCK_T": _env_int("LITSCALE_SCAN_FWD_BLOCK_T", 16),
     "FWD_BLOCK_D": _env_int("LITSCALE_SCAN_FWD_BLOCK_D", 32),
     "FWD_WARPS": _env_int("LITSCALE_SCAN_FWD_WARPS", 4),
+    "BWD_BLOCK_T": _env_int("LITSCALE_SCAN_BWD_BLOCK_T", 16),
     "BWD_BLOCK_D": _env_int("LITSCALE_SCAN_BWD_BLOCK_D", 16),
-    "BWD_WARPS": _env_int("LITSCALE_SCAN_BWD_WARPS", 4),
+    "BWD_WARPS": _env_int("LITSCALE_SCAN_BWD_WARPS", 8),
 }
 
 
+def _check_config(cfg) -> None:
+    for k in ("FWD_BLOCK_T", "BWD_BLOCK_T"):
+        bt = cfg[k]
+        if bt < 1 or bt & (bt - 1) or cfg["CKPT_STEPS"] % bt:
+            raise ValueError(f"{k}={bt} must be a power of two dividing CKPT_STEPS={cfg['CKPT_STEPS']}")
+    for k in ("FWD_BLOCK_D", "BWD_BLOCK_D"):
+        if cfg[k] < 1 or cfg[k] & (cfg[k] - 1):
+            raise ValueError(f"{k}={cfg[k]} must be a power of two")
+
+
 def checkpoint_steps() -> int:
-    return CONFIG["BLOCK_T"] * CONFIG["CKPT_TILES"]
+    return CONFIG["CKPT_STEPS"]
 
 
 def _n_ckpt(T):
@@ -142,7 +153,7 @@ def _scan_fwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, reset_
     base_r = pid_b * T
     n_tiles = tl.cdiv(T, BLOCK_T)
     for j in range(0, n_tiles):
-        if j % CKPT_TILES == 0:
+        if j % CKPT_TILES == 0:  # CKPT_TILES = CKPT_STEPS // BLOCK_T (forward tiles per checkpoint)
             c = j // CKPT_TILES
             tl.store(ckpt_ptr + (pid_b * n_ckpt + c) * DIM * NS + dn_off, h, mask=mdn)
         x, z, delta, Bt, Ct, a, u, m2, mask_t, xd_off, bn_off, mtn = _load_tile(
@@ -285,12 +296,14 @@ def _scan_fwd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optiona
         hT.copy_(initial_state if initial_state is not None else torch.zeros_like(hT))
         return y, hT, ckpt
     cfg = CONFIG
+    _check_config(cfg)
     grid = (b, triton.cdiv(dim, cfg["FWD_BLOCK_D"]))
     _scan_fwd_kernel[grid](
         x, dt, A, B, C, D if D is not None else x, dt_bias if dt_bias is not None else x,
         reset.view(torch.uint8) if reset is not None else x, initial_state if initial_state is not None else x,
         y, hT, ckpt, T, dim, ns, n_ckpt,
-        NP=_np2(ns), BLOCK_T=cfg["BLOCK_T"], BLOCK_D=cfg["FWD_BLOCK_D"], CKPT_TILES=cfg["CKPT_TILES"],
+        NP=_np2(ns), BLOCK_T=cfg["FWD_BLOCK_T"], BLOCK_D=cfg["FWD_BLOCK_D"],
+        CKPT_TILES=cfg["CKPT_STEPS"] // cfg["FWD_BLOCK_T"],
         HAS_D=D is not None, HAS_BIAS=dt_bias is not None, HAS_RESET=reset is not None,
         HAS_H0=initial_state is not None, SOFTPLUS=dt_softplus, num_warps=cfg["FWD_WARPS"])
     return y, hT, ckpt
@@ -324,9 +337,13 @@ def _scan_bwd(gy: Tensor, g_final: Optional[Tensor], x: Tensor, dt: Tensor, A: T
     dh0 = torch.zeros(b, dim, ns, device=dev, dtype=f32) if want_dh0 else None
     if T > 0:
         cfg = CONFIG
+        _check_config(cfg)
+        if cfg["CKPT_STEPS"] * n_ckpt < T or cfg["CKPT_STEPS"] * (n_ckpt - 1) >= T:
+            raise RuntimeError("selective_scan_triton: CONFIG['CKPT_STEPS'] changed between forward and backward")
         np2 = _np2(ns)
         n_dblk = triton.cdiv(dim, cfg["BWD_BLOCK_D"])
-        scratch = torch.empty(b * n_dblk * cfg["CKPT_TILES"] * cfg["BWD_BLOCK_D"] * np2, device=dev, dtype=f32)
+        tiles = cfg["CKPT_STEPS"] // cfg["BWD_BLOCK_T"]
+        scratch = torch.empty(b * n_dblk * tiles * cfg["BWD_BLOCK_D"] * np2, device=dev, dtype=f32)
         _scan_bwd_kernel[(b, n_dblk)](
             x, dt, A, B, C, D if D is not None else x, dt_bias if dt_bias is not None else x,
             reset.view(torch.uint8) if reset is not None else x, ckpt, gy,
@@ -334,7 +351,7 @@ def _scan_bwd(gy: Tensor, g_final: Optional[Tensor], x: Tensor, dt: Tensor, A: T
             dx, ddt, dA_part, dB, dC, dD_part if D is not None else dA_part,
             db_part if dt_bias is not None else dA_part, dh0 if want_dh0 else dA_part,
             T, dim, ns, n_ckpt,
-            NP=np2, BLOCK_T=cfg["BLOCK_T"], BLOCK_D=cfg["BWD_BLOCK_D"], CKPT_TILES=cfg["CKPT_TILES"],
+            NP=np2, BLOCK_T=cfg["BWD_BLOCK_T"], BLOCK_D=cfg["BWD_BLOCK_D"], CKPT_TILES=tiles,
             HAS_D=D is not None, HAS_BIAS=dt_bias is not None, HAS_RESET=reset is not None,
             HAS_GT=g_final is not None, WANT_DH0=want_dh0, SOFTPLUS=dt_softplus, num_warps=cfg["BWD_WARPS"])
     else:
