@@ -6,7 +6,6 @@ import gzip
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +114,8 @@ def test_tokenizer_reads_hf_config_and_bos(tmp_path):
 
     hf.pre_tokenizer = pre_tokenizers.Whitespace()
     hf.save(str(tmp_path / "tokenizer.json"))
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": {"content": "<my_eos>"}, "bos_token": "<s>"}))
+    config = {"eos_token": {"content": "<my_eos>"}, "bos_token": "<s>"}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
     tok = Tokenizer.from_path(tmp_path)
     assert (tok.eos_id, tok.bos_id) == (3, 1)
     assert tok.encode("hi hi", bos=True, eos=True) == [1, 4, 4, 3]
@@ -173,7 +173,9 @@ def test_prepare_is_deterministic_and_cached(raw_folder, prepared, tmp_path, cap
     prepare(tmp_path, root, vocab_size=320, context_length=16, val_fraction=0.2, chunk_tokens=200)
     assert "skipping" in capsys.readouterr().out
     # A different request redoes the work.
-    other = prepare(tmp_path, root, vocab_size=320, context_length=16, val_fraction=0.2, seed=7, chunk_tokens=200, quiet=True)
+    other = prepare(
+        tmp_path, root, vocab_size=320, context_length=16, val_fraction=0.2, seed=7, chunk_tokens=200, quiet=True
+    )
     assert other["request"]["seed"] == 7
 
 

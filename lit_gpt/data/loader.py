@@ -199,7 +199,10 @@ def build_train_loader(
         raise DataError("pass a data folder (--train_data_dir) or a data mixture (--data_mixture), exactly one")
     if seq_len < 1 or micro_batch < 1:
         raise DataError(f"seq_len and micro_batch must be positive, got {seq_len} and {micro_batch}")
-    weights = {str(data_dir): 1.0} if data_dir is not None else {str(k): _check_weight(k, v) for k, v in mixture.items()}
+    if data_dir is not None:
+        weights = {str(data_dir): 1.0}
+    else:
+        weights = {str(k): _check_weight(k, v) for k, v in mixture.items()}
     row_len = seq_len + 1
     world = _world_size()
     metas = {folder: read_meta(folder) for folder in weights}

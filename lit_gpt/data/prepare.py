@@ -377,7 +377,8 @@ def prepare(
         out.mkdir(parents=True, exist_ok=True)
         (out / ".prepare.lock").touch()
     except OSError as exc:
-        raise DataError(f"cannot write to --output_dir {out} ({exc.strerror or exc}): choose a writable folder") from None
+        reason = exc.strerror or exc
+        raise DataError(f"cannot write to --output_dir {out} ({reason}): choose a writable folder") from None
     with _exclusive(out / ".prepare.lock"):  # ranks or shells preparing the same folder take turns
         meta_path = out / "meta.json"
         if meta_path.is_file() and not overwrite:
@@ -386,7 +387,8 @@ def prepare(
             except json.JSONDecodeError:
                 old = {}
             if old.get("request") == request and (out / "train" / "index.json").is_file():
-                _log(quiet, f"{out} is already prepared for this request (meta.json matches): skipping; --overwrite to redo")
+                _log(quiet, f"{out} is already prepared for this request (meta.json matches): skipping; "
+                     "--overwrite to redo")
                 return old
 
         # Start clean: only the things this tool writes (the folder may hold other files).
@@ -563,14 +565,19 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--vocab_size", "--vocab-size", type=int, default=4096, help="vocabulary of the builtin tokenizer")
     p.add_argument("--context_length", "--context-length", "--ctx_len", type=int, default=4096,
                    help="training context T; chunks hold a multiple of T+1 tokens")
-    p.add_argument("--val_fraction", "--val-fraction", type=float, default=0.05, help="share of documents for validation")
+    p.add_argument("--val_fraction", "--val-fraction", type=float, default=0.05,
+                   help="share of documents for validation")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--max_length", "--max-length", type=int, default=None, help="cut longer documents into pieces")
-    p.add_argument("--shuffle", nargs="?", const=True, default=False, type=_bool, help="shuffle documents before packing")
-    p.add_argument("--text_field", "--text-field", default="text", help="field of .jsonl/.parquet rows holding the text")
-    p.add_argument("--num_workers", "--num-workers", type=int, default=None, help="tokenizer threads (default: all cores)")
+    p.add_argument("--shuffle", nargs="?", const=True, default=False, type=_bool,
+                   help="shuffle documents before packing")
+    p.add_argument("--text_field", "--text-field", default="text",
+                   help="field of .jsonl/.parquet rows holding the text")
+    p.add_argument("--num_workers", "--num-workers", type=int, default=None,
+                   help="tokenizer threads (default: all cores)")
     p.add_argument("--chunk_tokens", "--chunk-tokens", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--overwrite", nargs="?", const=True, default=False, type=_bool, help="redo even if meta.json matches")
+    p.add_argument("--overwrite", nargs="?", const=True, default=False, type=_bool,
+                   help="redo even if meta.json matches")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     return p
 
