@@ -5,8 +5,9 @@ scaling tools (fits, plots, sweeps) use, so every tool sees the same numbers and
 
 * ``finished`` -- run.json says so;
 * ``running``  -- run.json says "running" and its heartbeat (``updated_at``) is recent;
-* ``crashed``  -- run.json says "running" but the heartbeat is older than ``stale_after`` seconds;
-* ``failed``   -- run.json says so (the trainer caught an exception);
+* ``crashed``  -- run.json says "running" but the heartbeat is older than ``stale_after`` seconds, or
+  "preempted" (stopped on a signal, resumable);
+* ``failed``   -- run.json says "failed" (the trainer caught an exception) or "stopped" (its guards stopped it);
 * ``broken``   -- the folder cannot be read as a run (no run.json, unreadable JSON, no metrics, ...).
 
 Broken runs are never dropped: they are returned with ``status="broken"`` and the reason in ``problems``, so a
@@ -73,6 +74,7 @@ class RunRecord:
     planned_flops: Optional[float] = None
     final_eval_step: Optional[int] = None
     updated_at: Optional[str] = None
+    declared_status: Optional[str] = None  # run.json's own status word (running, finished, failed, preempted, ...)
     info: dict[str, Any] = field(default_factory=dict, repr=False)  # run.json as read
     history: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # metrics.csv columns, deduped
 
@@ -111,7 +113,7 @@ class RunRecord:
         keys = ["path", "run_name", "status", "arch", "parameterization", "depth", "train_name", "ctx_len",
                 "n_params", "n_params_non_embedding", "lr", "base_lr", "step", "max_steps", "tokens",
                 "planned_tokens", "flops", "planned_flops", "final_val_loss", "best_val_loss", "final_eval_step",
-                "tokens_per_sec", "updated_at"]
+                "tokens_per_sec", "updated_at", "declared_status"]
         out = {k: getattr(self, k) for k in keys}
         out["val_losses_by_multiple"] = {str(k): v for k, v in sorted(self.val_losses_by_multiple.items())}
         out["problems"] = list(self.problems)
@@ -216,6 +218,8 @@ def read_metrics(path: str) -> tuple[dict[str, np.ndarray], list[str]]:
             continue
         cells = next(csv.reader(io.StringIO(line)), [])
         last_line = lineno == len(lines)
+        if [c.strip() for c in cells] == header:  # a header repeated by an appending writer
+            continue
         if len(cells) != len(header):
             why = "truncated" if last_line and not ends_cleanly else "malformed"
             skipped.append(f"line {lineno} {why} ({len(cells)} of {len(header)} fields)")
@@ -290,6 +294,7 @@ def load_run(path: str, *, stale_after: float = DEFAULT_STALE_AFTER, now: Option
                 raise ValueError("top level is not an object")
             rec.info = info
             declared = info.get("status")
+            rec.declared_status = declared if isinstance(declared, str) else None
         except (OSError, ValueError) as err:
             rec.problems.append(f"run.json unreadable: {err}")
     else:
@@ -316,6 +321,12 @@ def load_run(path: str, *, stale_after: float = DEFAULT_STALE_AFTER, now: Option
         err = _first(rec.info.get("error"), rec.info.get("exception"))
         if err:
             rec.problems.append(f"failed: {str(err).strip().splitlines()[-1][:200]}")
+    elif declared == "stopped":  # the trainer's guards stopped it (e.g. too many skipped steps)
+        rec.status = "failed"
+        rec.problems.append("stopped by the training guards (see the log); a checkpoint was saved")
+    elif declared == "preempted":  # stopped on a signal with a checkpoint: interrupted, resumable
+        rec.status = "crashed"
+        rec.problems.append("preempted (stopped on a signal with a checkpoint); resume with --resume auto")
     elif declared == "running":
         beat = _parse_time(rec.info.get("updated_at"))
         if beat is None:  # no heartbeat in run.json: fall back on the files' modification times
@@ -328,7 +339,7 @@ def load_run(path: str, *, stale_after: float = DEFAULT_STALE_AFTER, now: Option
             rec.status = "running"
     else:
         rec.status = "broken"
-        rec.problems.append(f"run.json status {declared!r} is not running/finished/failed")
+        rec.problems.append(f"run.json status {declared!r} is not one of running/finished/failed/preempted/stopped")
     if rec.info and not rec.history.get("step", np.empty(0)).size:
         if rec.status == "finished":
             rec.status = "broken"

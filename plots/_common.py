@@ -180,6 +180,15 @@ def fmt_count(v: Optional[float]) -> str:
     return f"{v:.3g}"
 
 
+def mathtext_number(v: float, digits: int = 3) -> str:
+    """``1.42e+03`` as mathtext ``1.42\\times10^{3}`` (plain ``%.3g`` when no exponent)."""
+    text = f"{v:.{digits}g}"
+    if "e" not in text:
+        return text
+    mant, exp = text.split("e")
+    return f"{mant}\\times10^{{{int(exp)}}}"
+
+
 # ---------------------------------------------------------------------------------------------------- output
 def output_path(args: argparse.Namespace) -> str:
     root, ext = os.path.splitext(args.out)

@@ -43,7 +43,7 @@ def body(args: argparse.Namespace) -> None:
             hi = max(x.max() * 1.3, args.x_max or 0)
             xs = np.geomspace(lo, hi, 200)
             ax.plot(xs, fit.predict(xs), color=color, ls=C.linestyle_for(key), lw=1.6,
-                    label=f"{label}: {fit.A:.3g}·C$^{{-{fit.b:.3f}}}$ + {fit.E:.3f}")
+                    label=f"{label}: ${C.mathtext_number(fit.A)}\\,C^{{-{fit.b:.3f}}} + {fit.E:.3f}$")
             if args.band and fit.boot is not None:
                 band_lo, band_hi = fit.predict_interval(xs)
                 ax.fill_between(xs, band_lo, band_hi, color=color, alpha=0.12, lw=0)

@@ -154,6 +154,16 @@ def test_failed_run_keeps_error(tmp_path):
     assert rec.final_val_loss == 4.1
 
 
+def test_trainer_stop_words(tmp_path):
+    pre = R.load_run(write_run(tmp_path, "p", status="preempted", rows=ROWS[:2]))
+    assert pre.status == "crashed" and pre.declared_status == "preempted"
+    assert any("resume" in p for p in pre.problems)
+    stopped = R.load_run(write_run(tmp_path, "s", status="stopped", rows=ROWS[:2]))
+    assert stopped.status == "failed"
+    odd = R.load_run(write_run(tmp_path, "o", status="exploded", rows=ROWS[:2]))
+    assert odd.status == "broken" and "exploded" in odd.problems[0]
+
+
 def test_truncated_and_garbled_lines(tmp_path):
     raw = HEADER + "\n" + "\n".join(ROWS[:3]) + "\n" + "4,4000,4e12,3.2,0.0,13"  # crash mid-write
     rec = R.load_run(write_run(tmp_path, "t", status="running", raw_csv=raw,
@@ -161,7 +171,7 @@ def test_truncated_and_garbled_lines(tmp_path):
     assert rec.status == "crashed"
     assert rec.step == 3 and rec.final_val_loss == 4.1
     assert any("truncated" in p for p in rec.problems)
-    raw = HEADER + "\n" + ROWS[0] + "\nxx,yy\n" + "2,2000,2e12,nan?,1e-4,100,0.4,10,1,,,\n" + ROWS[3] + "\n"
+    raw = HEADER + "\n" + ROWS[0] + "\n" + HEADER + "\nxx,yy\n" + "2,2000,2e12,nan?,1e-4,100,0.4,10,1,,,\n" + ROWS[3] + "\n"
     rec = R.load_run(write_run(tmp_path, "g", raw_csv=raw))
     assert rec.status == "finished" and rec.step == 4
     assert any("skipped 2 unreadable" in p for p in rec.problems)
