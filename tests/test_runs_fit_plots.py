@@ -376,3 +376,36 @@ def test_plot_variants_aliases_and_errors(tmp_path, capsys):
     lr = _script("plot_lr_transfer")
     assert lr.main(["--runs", *FIXTURE_RUNS, "--train_name", "scaling_mup", "--out", str(tmp_path / "z.png")]) == 2
     assert "two or more learning rates" in capsys.readouterr().err
+
+
+def test_contract_with_the_trainers_run_recorder(tmp_path):
+    """What lit_gpt.training.metrics.RunRecorder writes (crash, resume, finish) reads back as one clean run."""
+    metrics = pytest.importorskip("lit_gpt.training.metrics")
+    run = {"run_name": "scaling_mup_transformer_d8_ctx4096",
+           "options": {"train_model": "transformer", "depth": 8, "train_name": "scaling_mup", "ctx_len": 4096,
+                       "base_hps": {"eta0": 4e-4}},
+           "config": {"arch": "transformer", "n_layer": 8, "parameterization": "mup++"},
+           "plan": {"lr": 5.657e-4, "max_steps": 4, "n_params": 187_000_000, "flops_per_token": 1e9}}
+
+    def row(step, loss, val=None):
+        out = {"step": step, "tokens": 100 * step, "flops": 1e11 * step, "train_loss": loss, "lr": 1e-4,
+               "tokens_per_sec": 10.0, "mfu": None, "max_mem_gb": None, "elapsed_s": float(step)}
+        if val is not None:
+            out.update(val_loss=val, val_loss_1x=val, val_loss_2x=val + 0.2)
+        return out
+
+    first = metrics.RunRecorder(tmp_path, run, 2)
+    for step, loss in ((1, 5.0), (2, 4.0), (3, 9.0)):
+        first.log(row(step, loss, val=4.1 if step == 2 else None))
+        first.update(step=step)
+    first._file.close()  # killed: status stays "running"
+    second = metrics.RunRecorder(tmp_path, run, 2)  # resumed from the step-2 checkpoint
+    for step, loss in ((3, 3.5), (4, 3.2)):
+        second.log(row(step, loss, val=3.3 if step == 4 else None))
+    second.close("finished")
+    rec = R.load_run(str(tmp_path))
+    assert rec.status == "finished", rec.problems
+    assert rec.column("step").tolist() == [1, 2, 3, 4]
+    assert rec.column("train_loss").tolist() == [5.0, 4.0, 3.5, 3.2]
+    assert rec.final_val_loss == 3.3 and rec.val_losses_by_multiple == {1: 3.3, 2: 3.5}
+    assert (rec.arch, rec.parameterization, rec.depth, rec.base_lr) == ("transformer", "mup++", 8, 4e-4)
