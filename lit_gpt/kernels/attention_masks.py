@@ -169,6 +169,8 @@ def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: 
     block_mask = flex_block_mask(T, window, doc_ids, q.device)
     compiled = q.is_cuda if compiled is None else compiled
     fn = _compiled_flex() if compiled else flex
+    if not q.is_cuda and not torch.is_grad_enabled():  # CPU Flex has no backward and refuses grad-requiring inputs
+        q, k, v = q.detach(), k.detach(), v.detach()
     return fn(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
 
 

@@ -52,8 +52,8 @@ def choose_impl(q: torch.Tensor, v: torch.Tensor, *, window: Optional[int], doc_
             return "sdpa" if doc_ids is None else "reference"
         if impl == "sdpa" and (window is not None or doc_ids is not None):
             return "reference"
-        if impl == "flex" and not flex_available():
-            return "reference"
+        if impl == "flex" and (not flex_available() or (not q.is_cuda and torch.is_grad_enabled() and q.requires_grad)):
+            return "reference"  # CPU Flex has no backward
         return impl
     if window is None and doc_ids is None:
         return "flash" if flash_supports(q, v) else "sdpa"
