@@ -19,7 +19,20 @@ Loading never runs pickled code: :func:`load_checkpoint` and :func:`load_weights
 :class:`UnsafeCheckpointError`.
 
 Distributed runs: call :func:`save_checkpoint` on global rank 0 only, with full (gathered, unsharded)
-state dicts of plain tensors, and put a barrier after it; every rank may call :func:`load_checkpoint`.
+state dicts of plain tensors, and put a barrier after it.  To resume, let rank 0 call
+:func:`find_resume_checkpoint` (it hashes the files once and may tidy ``.tmp-*`` leftovers), broadcast the
+path, and have every rank call ``load_checkpoint(path, verify=False)`` (rank 0 may keep ``verify=True``: it
+is served from its cache).  Then :func:`check_resume_compatible` before loading the weights into the model.
+
+Typical use by the training loop::
+
+    path = find_resume_checkpoint(out_dir, log=fabric.print)         # None: start from scratch
+    if path is not None:
+        state, manifest = load_checkpoint(path)
+        check_resume_compatible(manifest, model_options)
+        ...
+    save_checkpoint(out_dir, step, {"model": ..., "optimizer": ..., "step": step, ...},
+                    meta={"tokens": tokens, "model_options": model_options}, keep_last=3)
 """
 
 from __future__ import annotations
@@ -78,7 +91,6 @@ TMP_PREFIX = ".tmp-"
 _STEP_RE = re.compile(r"^step-(\d{8,})$")
 # .tmp-<what>-step-XXXXXXXX.p<pid>.<hosttag>[.<rand>]
 _TMP_RE = re.compile(r"^\.tmp-.*\.p(?P<pid>\d+)\.(?P<host>[0-9a-f]{8})(?:\.[0-9a-f]+)?$")
-_TMP_SAVE_RE = re.compile(r"^\.tmp-(?P<name>step-(?P<step>\d{8,}))\.p\d+\.")
 _HASH_CHUNK = 8 * 1024 * 1024
 
 
@@ -198,9 +210,12 @@ def clean_stale_tmp(run_dir: str | os.PathLike) -> list[Path]:
 
     Safe means: the folder was made on this host (host tag in its name) by a process that no longer exists,
     and not by an in-flight save of this process.  Anything else (other hosts on a shared file system,
-    names we did not write) is left alone; readers ignore ``.tmp-*`` folders anyway.  A stale save folder
-    that is complete and intact (the process died between writing the manifest and the rename) is renamed
-    into place instead of deleted, unless that step exists already.  Returns what was removed or promoted.
+    names we did not write) is left alone; readers ignore ``.tmp-*`` folders anyway.  Returns what was removed.
+
+    A save that died after writing its manifest but before the rename is removed too, never promoted: every
+    rank of a multi-node job may call :func:`find_resume_checkpoint` at the same time, and a promotion by one
+    node while another is scanning would make them resume from different steps.  Removing ``.tmp-*``
+    folders cannot change any reader's answer, since they are never candidates.
     """
     root = checkpoints_root(run_dir)
     removed: list[Path] = []
@@ -213,19 +228,9 @@ def clean_stale_tmp(run_dir: str | os.PathLike) -> list[Path]:
             continue
         pid = int(m.group("pid"))
         with _IN_PROGRESS_LOCK:
-            busy = str(entry) in _IN_PROGRESS
+            busy = os.path.realpath(entry) in _IN_PROGRESS
         if busy or (pid != me and _pid_alive(pid)):
             continue
-        save = _TMP_SAVE_RE.match(entry.name)
-        if save and entry.is_dir() and not (root / save.group("name")).exists():
-            # a save that finished writing but died before (or while replacing an old folder for) the rename
-            ok, _, _ = _check(entry, check_hash=True, use_cache=False, expect_step=int(save.group("step")))
-            if ok:
-                with contextlib.suppress(OSError):
-                    os.rename(entry, root / save.group("name"))
-                    _fsync_dir(root)
-                    removed.append(entry)
-                    continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:
@@ -274,15 +279,10 @@ def validate_state(state: Any, _where: str = "state") -> Any:
         return str(state)
     if type(state).__module__ == "numpy" and hasattr(state, "item") and getattr(state, "ndim", 1) == 0:
         return validate_state(state.item(), _where)  # numpy scalars that do not subclass int/float
-    if isinstance(state, Mapping) and t in (dict, OrderedDict):
-        out = OrderedDict() if t is OrderedDict else {}
+    if isinstance(state, Mapping):  # dict subclasses (defaultdict...) are saved as plain dicts
+        out: dict = OrderedDict() if isinstance(state, OrderedDict) else {}
         for k, v in state.items():
-            if type(k) not in (str, int, float, bool, type(None)):
-                if isinstance(k, (int, float, str)) and not isinstance(k, enum.Enum):
-                    k = type(k).__mro__[-2](k)  # plain base type
-                else:
-                    raise TypeError(f"{_where} has a key {k!r} of type {type(k).__qualname__}; use str or int keys")
-            out[k] = validate_state(v, f"{_where}[{k!r}]")
+            out[_plain_key(k, _where)] = validate_state(v, f"{_where}[{k!r}]")
         return out
     if t in (list, tuple):
         items = [validate_state(v, f"{_where}[{i}]") for i, v in enumerate(state)]
@@ -294,6 +294,18 @@ def validate_state(state: Any, _where: str = "state") -> Any:
         f"{_where} is a {t.__module__}.{t.__qualname__}; checkpoints hold only tensors, numbers, strings and "
         f"dict/list/tuple of them (loading must not need pickled code){hint}"
     )
+
+
+def _plain_key(k: Any, where: str) -> Any:
+    if type(k) in (str, int, float, bool, type(None)):
+        return k
+    if not isinstance(k, enum.Enum):
+        for base in (bool, int, float, str):
+            if isinstance(k, base):
+                return base(k)
+        if type(k).__module__ == "numpy" and hasattr(k, "item") and getattr(k, "ndim", 1) == 0:
+            return _plain_key(k.item(), where)
+    raise TypeError(f"{where} has a key {k!r} of type {type(k).__qualname__}; use str or int keys")
 
 
 def _json_ready(obj: Any, where: str = "meta") -> Any:
@@ -434,28 +446,32 @@ def _litscale_version() -> str:
 
 
 def _write_latest(root: Path, name: str) -> None:
+    """Best effort (the pointer is informational; readers never trust it): errors are ignored."""
     tmp = root / _tmp_name(f"latest-{name}")
     try:
         _write_bytes_durable(tmp, (name + "\n").encode())
         os.replace(tmp, root / LATEST_NAME)
         _fsync_dir(root)
+    except OSError:
+        pass
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             tmp.unlink()
 
 
 def _remove_checkpoint_dir(path: Path) -> None:
     """Rename out of the ``step-*`` namespace first (atomic), then delete: a crash never leaves half a step."""
     trash = path.parent / _tmp_name(f"del-{path.name}")
+    key = os.path.realpath(trash)
     with _IN_PROGRESS_LOCK:
-        _IN_PROGRESS.add(str(trash))
+        _IN_PROGRESS.add(key)
     try:
         os.rename(path, trash)
         _fsync_dir(path.parent)
         shutil.rmtree(trash, ignore_errors=True)
     finally:
         with _IN_PROGRESS_LOCK:
-            _IN_PROGRESS.discard(str(trash))
+            _IN_PROGRESS.discard(key)
 
 
 def save_checkpoint(
@@ -475,10 +491,20 @@ def save_checkpoint(
     :func:`check_resume_compatible`) and ``options_hash`` (computed from ``model_options`` when not given).
     ``extra_files`` (name -> bytes or text) are written next to ``state.pt`` and covered by the manifest.
 
-    ``keep_last=N`` then deletes older checkpoints so that the N newest intact ones with step <= ``step``
-    remain (this one included).  Folders with a higher step (another timeline) and not-intact folders newer
-    than the N-th kept one are never touched; the newest intact checkpoint is never deleted.  A re-save of an
-    existing step replaces that folder.
+    ``keep_last=N`` then keeps the N newest intact checkpoints with step <= ``step`` (this one included) and
+    deletes every ``step-*`` folder older than the oldest of them (intact or not: they are superseded).
+    Folders with a higher step (another timeline, e.g. after resuming from an older checkpoint) and
+    not-intact folders newer than the N-th kept one (evidence of what went wrong) are never touched, and
+    nothing is deleted while fewer than N intact checkpoints exist, so the newest intact checkpoint and the
+    only intact one always survive.  Deletion renames a folder out of the ``step-*`` namespace before
+    removing it, so a crash mid-delete never leaves half a checkpoint under a step name.
+
+    A re-save of an existing step replaces that folder: the old one is renamed away, the new one renamed into
+    place, then the old one deleted (a crash between the two renames, a window of microseconds, loses that
+    step and resuming falls back to the previous checkpoint).
+
+    Raises ``TypeError`` for state or meta that cannot be stored safely (nothing is written then) and
+    ``OSError`` for file-system failures (the temporary folder is removed; existing checkpoints untouched).
     """
     name = checkpoint_name(step)
     if keep_last is not None and (not isinstance(keep_last, int) or keep_last < 1):
@@ -500,11 +526,14 @@ def save_checkpoint(
         ohash = options_hash(model_options)
 
     root = checkpoints_root(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    if not root.is_dir():
+        root.mkdir(parents=True, exist_ok=True)
+        _fsync_dir(root.parent)
     clean_stale_tmp(root)
     tmp = root / _tmp_name(name)
+    tmp_key = os.path.realpath(tmp)
     with _IN_PROGRESS_LOCK:
-        _IN_PROGRESS.add(str(tmp))
+        _IN_PROGRESS.add(tmp_key)
     try:
         tmp.mkdir()
         files: dict[str, dict[str, Any]] = {}
@@ -534,16 +563,33 @@ def save_checkpoint(
         _fsync_dir(tmp)
 
         final = root / name
+        old = None  # a folder of the same step being replaced: moved aside, deleted once the new one is in
         if final.exists():
-            _remove_checkpoint_dir(final)
-        os.rename(tmp, final)
+            old = root / _tmp_name(f"del-{name}")
+            old_key = os.path.realpath(old)
+            with _IN_PROGRESS_LOCK:
+                _IN_PROGRESS.add(old_key)
+            os.rename(final, old)
+        try:
+            os.rename(tmp, final)
+        except BaseException:
+            if old is not None:
+                with contextlib.suppress(OSError):
+                    os.rename(old, final)  # put the previous folder back
+            raise
+        finally:
+            if old is not None:
+                with _IN_PROGRESS_LOCK:
+                    _IN_PROGRESS.discard(old_key)
         _fsync_dir(root)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
         with _IN_PROGRESS_LOCK:
-            _IN_PROGRESS.discard(str(tmp))
+            _IN_PROGRESS.discard(tmp_key)
 
     _remember_verified(final, manifest)
     _write_latest(root, name)
@@ -553,20 +599,29 @@ def save_checkpoint(
 
 
 def _rotate(root: Path, step: int, keep_last: int) -> None:
-    infos = [i for i in _scan(root, check_hash=True, use_cache=True) if i.step <= step]
-    kept = 0
+    """Keep the ``keep_last`` newest intact checkpoints with step <= ``step``; delete every folder older than
+    the oldest of them.  Walks newest-first and hashes only what it keeps (cached for folders this process
+    wrote or verified), so older folders are deleted without being read."""
+    candidates = sorted(
+        ((int(m.group(1)), e) for e in root.iterdir() if (m := _STEP_RE.match(e.name)) and e.is_dir()),
+        key=lambda x: x[0],
+        reverse=True,
+    )
+    candidates = [(s, e) for s, e in candidates if s <= step]
+    intact = 0
     cutoff = None  # step of the keep_last-th newest intact checkpoint
-    for info in reversed(infos):
-        if info.intact:
-            kept += 1
-            if kept == keep_last:
-                cutoff = info.step
+    for s, entry in candidates:
+        ok, _, _ = _check(entry, check_hash=True, use_cache=True)
+        if ok:
+            intact += 1
+            if intact == keep_last:
+                cutoff = s
                 break
     if cutoff is None:
         return  # fewer intact checkpoints than keep_last: delete nothing
-    for info in infos:
-        if info.step < cutoff:
-            _remove_checkpoint_dir(info.path)
+    for s, entry in candidates:
+        if s < cutoff:
+            _remove_checkpoint_dir(entry)
 
 
 # ------------------------------------------------------------------------------------------------ verifying
