@@ -520,12 +520,18 @@ def test_gpu_attention_paths_bf16(impl, window, docs):
 
 @cuda
 @pytest.mark.gpu
-def test_gpu_diff_attention_value_width_paths():
-    q, k, v = _qkv(B=1, H=8, G=4, T=1024, D=64, Dv=128, device="cuda", dtype=torch.bfloat16)
-    ref = reference_attention(q.float(), k.float(), v.float(), scale=0.125, window=256)
-    for impl in ("flex", "block_local") + (("flash",) if _flash() else ()):
-        got = attention(q, k, v, scale=0.125, window=256, impl=impl)
+@pytest.mark.parametrize("head", [64, 128])  # phi4miniflash heads are 64 wide, SambaY-DA's 128 (value 2·head)
+@pytest.mark.parametrize("docs", [False, True])
+def test_gpu_diff_attention_value_width_paths(head, docs):
+    q, k, v = (t.requires_grad_() for t in _qkv(B=1, H=8, G=4, T=1024, D=head, Dv=2 * head, device="cuda",
+                                                 dtype=torch.bfloat16))
+    doc = (torch.arange(1024, device="cuda") // 300)[None] if docs else None
+    ref = reference_attention(q.float(), k.float(), v.float(), scale=head ** -0.5, window=256, q_doc=doc, k_doc=doc)
+    for impl in ("flex", "block_local", "reference") + (("flash",) if _flash() else ()):
+        got = attention(q, k, v, scale=head ** -0.5, window=256, doc_ids=doc, impl=impl)
         torch.testing.assert_close(got.float(), ref, atol=2e-2, rtol=2e-2)
+        got.sum().backward()  # the backward runs for every path
+        q.grad = k.grad = v.grad = None
 
 
 def _flash() -> bool:

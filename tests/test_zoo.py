@@ -192,3 +192,37 @@ def test_mamba_init_survives_model_reset(param):
     else:
         assert w.abs().max() <= bound and w.std().item() > 0.4 * bound
     assert mixer.conv1d.bias.abs().max() > 0  # PyTorch's default conv init, not zeroed by the Linear pass
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("arch", ZOO)
+@pytest.mark.parametrize("varlen", [False, True])
+def test_gpu_zoo_bf16_matches_cpu(arch, varlen):
+    """CUDA + bf16 autocast (fast attention paths, Triton/mamba_ssm scan) vs the CPU fp32 model: loss and finite
+    gradients; then fp32 decoding on CUDA (prefill 256 + 44 single steps) vs the full forward."""
+    kw = dict(ar=32, head_size=64)
+    if ARCHS[arch].window is not None:
+        kw["sliding_window"] = 128
+    torch.manual_seed(0)
+    cfg = Config.from_name(f"{arch}_d8", vocab_size=VOCAB, varlen=varlen, eos_id=0, **kw)
+    model = GPT(cfg)
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, VOCAB, (2, 1024), generator=g)
+    with torch.no_grad():
+        ref = model(idx[:, :-1], targets=idx[:, 1:]).loss
+    model.cuda()
+    idx_c = idx.cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = model(idx_c[:, :-1], targets=idx_c[:, 1:]).loss
+    loss.backward()
+    assert abs(loss.item() - ref.item()) < 2e-2, (loss.item(), ref.item())
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    model.eval()
+    dec = idx_c[:, :300].clamp_min(1)  # one document (decoding does not split at EOS)
+    with torch.no_grad():  # fp32 on CUDA (cuDNN may use TF32 for the conv, hence the tolerance)
+        full = model(dec).logits
+        state = model.init_state(2)
+        inc = [model(dec[:, :256], state=state).logits]
+        inc += [model(dec[:, t:t + 1], state=state).logits for t in range(256, 300)]
+    torch.testing.assert_close(torch.cat(inc, 1), full, atol=5e-3, rtol=5e-3)

@@ -15,6 +15,8 @@ with documents, both belong to the same document.
 from __future__ import annotations
 
 import functools
+import importlib.util
+import os
 from typing import Any, Optional
 
 import torch
@@ -58,9 +60,25 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sc
 
 
 # ------------------------------------------------------------------------------------------- block-local SWA
-@functools.lru_cache(maxsize=64)
+_BAND_MASKS: dict = {}
+
+
 def _band_mask(tile: int, window: int, n_tiles: int, device: torch.device) -> torch.Tensor:
-    """[n_tiles, 1, tile, 2*tile]: query r of tile i sees key c of [tile i-1, tile i] when 0 <= diff < window."""
+    """[n_tiles, 1, tile, 2*tile]: query r of tile i sees key c of [tile i-1, tile i] when 0 <= diff < window.
+
+    Cached per shape in eager mode; under torch.compile it is built in the graph (a few small ops).
+    """
+    if torch.compiler.is_compiling():
+        return _build_band_mask(tile, window, n_tiles, device)
+    key = (tile, window, n_tiles, device)
+    if key not in _BAND_MASKS:
+        if len(_BAND_MASKS) > 64:
+            _BAND_MASKS.clear()
+        _BAND_MASKS[key] = _build_band_mask(tile, window, n_tiles, device)
+    return _BAND_MASKS[key]
+
+
+def _build_band_mask(tile: int, window: int, n_tiles: int, device: torch.device) -> torch.Tensor:
     r = torch.arange(tile, device=device)[:, None]
     c = torch.arange(2 * tile, device=device)[None, :]
     diff = tile + r - c  # query position minus key position
@@ -110,13 +128,18 @@ def block_local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
 
 
 # ------------------------------------------------------------------------------------------- FlexAttention
-@functools.lru_cache(maxsize=1)
+# Backends are probed once at import (guarded), so the dispatch reads plain constants (torch.compile friendly).
+try:
+    from torch.nn.attention.flex_attention import create_block_mask as _create_block_mask
+    from torch.nn.attention.flex_attention import flex_attention as _flex_attention
+    FLEX_AVAILABLE = True
+except Exception:  # pragma: no cover - old torch
+    _create_block_mask = _flex_attention = None
+    FLEX_AVAILABLE = False
+
+
 def flex_available() -> bool:
-    try:
-        from torch.nn.attention import flex_attention as _  # noqa: F401
-    except Exception:  # pragma: no cover - old torch
-        return False
-    return True
+    return FLEX_AVAILABLE
 
 
 def _mask_mod(window: Optional[int], doc_ids: Optional[torch.Tensor]):
@@ -133,60 +156,65 @@ def _mask_mod(window: Optional[int], doc_ids: Optional[torch.Tensor]):
 
 @functools.lru_cache(maxsize=32)
 def _cached_block_mask(T: int, window: Optional[int], device: torch.device, compile_mask: bool):
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    return create_block_mask(_mask_mod(window, None), None, None, T, T, device=device, _compile=compile_mask)
+    return _create_block_mask(_mask_mod(window, None), None, None, T, T, device=device, _compile=compile_mask)
 
 
+@torch.compiler.disable
 def flex_block_mask(T: int, window: Optional[int], doc_ids: Optional[torch.Tensor], device: torch.device):
     """Block mask for causal (+window) (+documents) attention over T tokens.
 
     Without documents the mask depends only on (T, window, device) and is cached; document layouts change every
-    batch, so their mask is built per call (block-sparse, cheap compared with the attention itself).
+    batch, so their mask is built per call (block-sparse, cheap compared with the attention itself). Always runs
+    eagerly (a graph break under torch.compile) so the cache works and mask building is never traced.
     """
     compile_mask = device.type == "cuda"
     if doc_ids is None:
         return _cached_block_mask(T, window, device, compile_mask)
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    return create_block_mask(_mask_mod(window, doc_ids), doc_ids.shape[0], None, T, T, device=device,
+    return _create_block_mask(_mask_mod(window, doc_ids), doc_ids.shape[0], None, T, T, device=device,
                              _compile=compile_mask)
 
 
-@functools.lru_cache(maxsize=1)
-def _compiled_flex():
-    from torch.nn.attention.flex_attention import flex_attention as flex
+_COMPILED_FLEX = None
 
-    return torch.compile(flex, dynamic=False)
+
+def _compiled_flex():
+    global _COMPILED_FLEX
+    if _COMPILED_FLEX is None:
+        _COMPILED_FLEX = torch.compile(_flex_attention, dynamic=False)
+    return _COMPILED_FLEX
 
 
 def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, window: Optional[int] = None,
                    doc_ids: Optional[torch.Tensor] = None, compiled: Optional[bool] = None) -> torch.Tensor:
-    """FlexAttention in the training layout (Tq == Tk). Compiled on CUDA unless ``compiled`` says otherwise."""
-    from torch.nn.attention.flex_attention import flex_attention as flex
-
+    """FlexAttention in the training layout (Tq == Tk). Compiled on CUDA unless ``compiled`` says otherwise
+    (inside a torch.compile'd model the surrounding compile handles it)."""
     T = q.shape[2]
     block_mask = flex_block_mask(T, window, doc_ids, q.device)
     compiled = q.is_cuda if compiled is None else compiled
-    fn = _compiled_flex() if compiled else flex
+    fn = _compiled_flex() if compiled and not torch.compiler.is_compiling() else _flex_attention
     if not q.is_cuda and not torch.is_grad_enabled():  # CPU Flex has no backward and refuses grad-requiring inputs
         q, k, v = q.detach(), k.detach(), v.detach()
     return fn(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
 
 
 # ------------------------------------------------------------------------------------------- flash-attn
-@functools.lru_cache(maxsize=1)
-def _flash_module() -> Any:
+def _probe_flash() -> Any:
+    if os.environ.get("LITSCALE_NO_FLASH_ATTN", "0") not in ("", "0"):
+        return None
     try:
-        import flash_attn  # noqa: F401
+        if importlib.util.find_spec("flash_attn") is None:
+            return None
         from flash_attn import flash_attn_func, flash_attn_varlen_func
-    except Exception:
+    except Exception:  # not installed, blocked, or a broken build
         return None
     return flash_attn_func, flash_attn_varlen_func
 
 
+_FLASH = _probe_flash()
+
+
 def flash_attn_available() -> bool:
-    return _flash_module() is not None
+    return _FLASH is not None
 
 
 def flash_supports(q: torch.Tensor, v: torch.Tensor) -> bool:
@@ -214,7 +242,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale:
 
     flash-attn needs equal q/k/v head sizes, so a wider value (differential attention) is split into chunks.
     """
-    flash_func, varlen_func = _flash_module()
+    flash_func, varlen_func = _FLASH
     Dq, Dv = q.shape[-1], v.shape[-1]
     if Dv != Dq and Dv % Dq == 0:
         return torch.cat([flash_attention(q, k, vc, scale=scale, window=window, doc_ids=doc_ids)

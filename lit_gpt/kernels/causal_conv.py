@@ -13,7 +13,7 @@ no documents are given; otherwise K masked shifted multiply-adds (K = 4, element
 
 from __future__ import annotations
 
-import functools
+import importlib.util
 from typing import Optional, Union
 
 import torch
@@ -22,13 +22,17 @@ import torch.nn.functional as F
 __all__ = ["causal_conv1d", "causal_conv1d_reference"]
 
 
-@functools.lru_cache(maxsize=1)
-def _package_fn():
+def _probe_package():
     try:
+        if importlib.util.find_spec("causal_conv1d") is None:
+            return None
         from causal_conv1d import causal_conv1d_fn
-    except Exception:
+    except Exception:  # not installed, blocked, or a broken build
         return None
     return causal_conv1d_fn
+
+
+_PACKAGE_FN = _probe_package()  # probed once at import, so dispatch reads a constant (torch.compile friendly)
 
 
 def _prepend(x: torch.Tensor, initial_state: Optional[torch.Tensor], K: int) -> torch.Tensor:
@@ -51,12 +55,15 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     C, K = w.shape
     if impl is None:
         if (doc_ids is None and initial_state is None and not return_final_state and x.is_cuda
-                and _package_fn() is not None):
+                and _PACKAGE_FN is not None):
             impl = "package"
         else:
             impl = "conv1d" if doc_ids is None else "shift"
     if impl == "package":
-        y = _package_fn()(x.transpose(1, 2), w, bias, activation=None)  # [B, C, T] view of channels-last memory
+        if _PACKAGE_FN is None or doc_ids is not None or initial_state is not None or return_final_state:
+            raise RuntimeError("impl 'package' needs the causal_conv1d package and serves only calls without "
+                               "documents or decoding state")
+        y = _PACKAGE_FN(x.transpose(1, 2), w, bias, activation=None)  # [B, C, T] view of channels-last memory
         return y.transpose(1, 2)
     xp = _prepend(x, initial_state, K)
     if impl == "conv1d":
