@@ -63,29 +63,26 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sc
 _BAND_MASKS: dict = {}
 
 
-def _band_mask(tile: int, window: int, n_tiles: int, device: torch.device) -> torch.Tensor:
-    """[n_tiles, 1, tile, 2*tile]: query r of tile i sees key c of [tile i-1, tile i] when 0 <= diff < window.
+def _band_mask(tile: int, window: int, keys: int, device: torch.device) -> torch.Tensor:
+    """[tile, keys] bool: query r (the last ``tile`` positions) sees key c when 0 <= diff < window.
 
     Cached per shape in eager mode; under torch.compile it is built in the graph (a few small ops).
     """
-    if torch.compiler.is_compiling():
-        return _build_band_mask(tile, window, n_tiles, device)
-    key = (tile, window, n_tiles, device)
-    if key not in _BAND_MASKS:
-        if len(_BAND_MASKS) > 64:
-            _BAND_MASKS.clear()
-        _BAND_MASKS[key] = _build_band_mask(tile, window, n_tiles, device)
-    return _BAND_MASKS[key]
+    if not torch.compiler.is_compiling():
+        key = (tile, window, keys, device)
+        if key not in _BAND_MASKS:
+            if len(_BAND_MASKS) > 64:
+                _BAND_MASKS.clear()
+            _BAND_MASKS[key] = _band_mask_uncached(tile, window, keys, device)
+        return _BAND_MASKS[key]
+    return _band_mask_uncached(tile, window, keys, device)
 
 
-def _build_band_mask(tile: int, window: int, n_tiles: int, device: torch.device) -> torch.Tensor:
+def _band_mask_uncached(tile: int, window: int, keys: int, device: torch.device) -> torch.Tensor:
     r = torch.arange(tile, device=device)[:, None]
-    c = torch.arange(2 * tile, device=device)[None, :]
-    diff = tile + r - c  # query position minus key position
-    band = (diff >= 0) & (diff < window)
-    tiles = band.expand(n_tiles, tile, 2 * tile).clone()
-    tiles[0, :, :tile] = False  # tile 0 has no previous tile (zero padding)
-    return tiles[:, None]
+    c = torch.arange(keys, device=device)[None, :]
+    diff = (keys - tile) + r - c  # query position minus key position
+    return (diff >= 0) & (diff < window)
 
 
 def block_local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, window: int,
@@ -93,36 +90,50 @@ def block_local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
     """Sliding-window causal attention by tiles (training layout, Tq == Tk). Needs tile >= window.
 
     q: [B, H, T, D]; k: [B, G, T, D]; v: [B, G, T, Dv]; doc_ids: [B, T] or None. Returns [B, H, T, Dv].
+    The first tile attends to itself (a [tile, tile] band mask); every later tile, batched, to [previous, own]
+    under one shared [tile, 2·tile] band mask (broadcast, never materialized per tile). With documents the mask
+    also carries the per-token document test ([B·n, 1, tile, 2·tile] bools).
     """
     B, H, T, _ = q.shape
     G, Dv = k.shape[1], v.shape[-1]
     tile = window if tile is None else tile
     if tile < window:
         raise ValueError(f"block-local attention needs tile ({tile}) >= window ({window})")
+    gqa = H != G
     n = -(-T // tile)
     pad = n * tile - T
+    if n == 1 and doc_ids is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=_band_mask(T, window, T, q.device), scale=scale,
+                                              enable_gqa=gqa)
 
-    def tiles(x: torch.Tensor, front: int) -> torch.Tensor:  # [B, h, T, d] -> [B, h, n + front, tile, d]
+    def tiles(x: torch.Tensor, front: int) -> torch.Tensor:  # [B, h, T, d] -> [B, h, front + n, tile, d]
         x = F.pad(x, (0, 0, front * tile, pad))
         return x.view(x.shape[0], x.shape[1], -1, tile, x.shape[-1])
 
-    def to_batch(x: torch.Tensor) -> torch.Tensor:  # [B, h, n, t, d] -> [B * n, h, t, d]
-        return x.transpose(1, 2).reshape(B * n, x.shape[1], x.shape[3], x.shape[4])
+    def to_batch(x: torch.Tensor) -> torch.Tensor:  # [B, h, m, t, d] -> [B * m, h, t, d]
+        return x.transpose(1, 2).reshape(B * x.shape[2], x.shape[1], x.shape[3], x.shape[4])
 
-    qt = to_batch(tiles(q, 0))
-    kt, vt = tiles(k, 1), tiles(v, 1)
+    if doc_ids is None:
+        qt, kt, vt = tiles(q, 0), tiles(k, 0), tiles(v, 0)
+        y0 = F.scaled_dot_product_attention(qt[:, :, 0], kt[:, :, 0], vt[:, :, 0], scale=scale, enable_gqa=gqa,
+                                            attn_mask=_band_mask(tile, window, tile, q.device))
+        kw = to_batch(torch.cat((kt[:, :, :-1], kt[:, :, 1:]), dim=3))  # [B * (n-1), G, 2 * tile, D]
+        vw = to_batch(torch.cat((vt[:, :, :-1], vt[:, :, 1:]), dim=3))
+        y = F.scaled_dot_product_attention(to_batch(qt[:, :, 1:]), kw, vw, scale=scale, enable_gqa=gqa,
+                                           attn_mask=_band_mask(tile, window, 2 * tile, q.device))
+        y = y.view(B, n - 1, H, tile, Dv).transpose(1, 2).reshape(B, H, (n - 1) * tile, Dv)
+        return torch.cat((y0, y), dim=2)[:, :, :T]
+    kt, vt = tiles(k, 1), tiles(v, 1)  # a zero tile in front: tile 0's "previous tile", masked out below
     kw = to_batch(torch.cat((kt[:, :, :-1], kt[:, :, 1:]), dim=3))  # [B * n, G, 2 * tile, D]
     vw = to_batch(torch.cat((vt[:, :, :-1], vt[:, :, 1:]), dim=3))
-    mask = _band_mask(tile, window, n, q.device)  # [n, 1, tile, 2 * tile]
-    if doc_ids is not None:
-        dq = F.pad(doc_ids, (0, pad), value=-1).view(B, n, tile)
-        dk = F.pad(doc_ids, (tile, pad), value=-2).view(B, n + 1, tile)
-        dk = torch.cat((dk[:, :-1], dk[:, 1:]), dim=2)  # [B, n, 2 * tile]
-        same = dq[:, :, :, None] == dk[:, :, None, :]
-        mask = (mask[None, :, 0] & same).reshape(B * n, 1, tile, 2 * tile)
-    else:
-        mask = mask.repeat(B, 1, 1, 1)
-    y = F.scaled_dot_product_attention(qt, kw, vw, attn_mask=mask, scale=scale, enable_gqa=H != G)
+    # padding is document -2: it matches no real document, and padded queries still see themselves (no row of
+    # the mask is empty, so no kernel ever normalizes over zero keys)
+    dq = F.pad(doc_ids, (0, pad), value=-2).view(B, n, tile)
+    dk = F.pad(doc_ids, (tile, pad), value=-2).view(B, n + 1, tile)
+    dk = torch.cat((dk[:, :-1], dk[:, 1:]), dim=2)  # [B, n, 2 * tile]
+    mask = _band_mask(tile, window, 2 * tile, q.device) & (dq[:, :, :, None] == dk[:, :, None, :])
+    y = F.scaled_dot_product_attention(to_batch(tiles(q, 0)), kw, vw, attn_mask=mask.view(B * n, 1, tile, 2 * tile),
+                                       scale=scale, enable_gqa=gqa)
     y = y.view(B, n, H, tile, Dv).transpose(1, 2).reshape(B, H, n * tile, Dv)
     return y[:, :, :T]
 

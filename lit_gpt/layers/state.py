@@ -17,6 +17,10 @@ class DecodeState:
         self.batch_size = batch_size
         self.layers: list[dict[str, Any]] = [dict() for _ in range(n_layer)]
 
+    def layer(self, index: int) -> dict[str, Any]:
+        """Layer ``index``'s state dict (mixers mutate it in place)."""
+        return self.layers[index]
+
     def reset(self) -> None:
         self.pos = 0
         for layer in self.layers:
