@@ -181,8 +181,22 @@ def flex_block_mask(T: int, window: Optional[int], doc_ids: Optional[torch.Tenso
     compile_mask = device.type == "cuda"
     if doc_ids is None:
         return _cached_block_mask(T, window, device, compile_mask)
-    return _create_block_mask(_mask_mod(window, doc_ids), doc_ids.shape[0], None, T, T, device=device,
-                             _compile=compile_mask)
+    return _per_batch(doc_ids, ("flex", T, window), lambda: _create_block_mask(
+        _mask_mod(window, doc_ids), doc_ids.shape[0], None, T, T, device=device, _compile=compile_mask))
+
+
+# Document layouts change every batch but every layer of one forward sees the same ``doc_ids`` tensor: what is
+# derived from it (Flex block masks, cu_seqlens) is kept for the most recent ``doc_ids`` object only.
+_PER_BATCH: dict = {"doc_ids": None, "values": {}}
+
+
+def _per_batch(doc_ids: torch.Tensor, key: tuple, build):
+    if _PER_BATCH["doc_ids"] is not doc_ids:
+        _PER_BATCH["doc_ids"], _PER_BATCH["values"] = doc_ids, {}
+    values = _PER_BATCH["values"]
+    if key not in values:
+        values[key] = build()
+    return values[key]
 
 
 _COMPILED_FLEX = None
@@ -233,11 +247,17 @@ def flash_supports(q: torch.Tensor, v: torch.Tensor) -> bool:
             and flash_attn_available())
 
 
+@torch.compiler.disable
 def cu_seqlens_from_doc_ids(doc_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Cumulative sequence lengths (int32, [n_docs + 1]) over the flattened batch, and the longest document.
 
-    Every row starts a new document, and so does every change of document id within a row.
+    Every row starts a new document, and so does every change of document id within a row. Computed once per
+    ``doc_ids`` tensor (one host sync per forward, not per layer).
     """
+    return _per_batch(doc_ids, ("cu_seqlens",), lambda: _cu_seqlens(doc_ids))
+
+
+def _cu_seqlens(doc_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
     B, T = doc_ids.shape
     starts = torch.ones_like(doc_ids, dtype=torch.bool)
     starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
