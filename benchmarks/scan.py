@@ -157,49 +157,59 @@ def available_impls(device, requested):
     return impls
 
 
-def sweep(device, tokens, d, n, T, dtype):
-    """Try Triton launch configurations on one shape; print the best forward and backward ones."""
+def sweep(device, shapes, n, dtype):
+    """Try Triton launch configurations; print the best forward and fwd+bwd ones per shape (tokens, d, T)."""
     from lit_gpt.kernels import selective_scan_triton as st
 
     default = dict(st.CONFIG)
-    b = max(1, tokens // T)
-    ts = make_inputs(b, T, d, n, dtype, device, seed=2)
-    gy = torch.randn(b, T, d, device=device, dtype=dtype)
-    y0 = call("triton", ts)
-    g0 = torch.autograd.grad(y0, ts, gy)
-    results = {"fwd": [], "bwd": []}
-    fwd_space = [dict(FWD_BLOCK_T=bt, FWD_BLOCK_D=bd, FWD_WARPS=w)
-                 for bt in (1, 4, 8, 16, 32) for bd in (16, 32, 64, 128) for w in (1, 2, 4, 8)
-                 if bt * bd * 16 // (32 * w) <= 64 and bt * bd * 16 >= 32 * w]
-    bwd_space = [dict(BWD_BLOCK_T=bt, BWD_BLOCK_D=bd, BWD_WARPS=w)
-                 for bt in (4, 8, 16, 32) for bd in (8, 16, 32, 64) for w in (2, 4, 8, 16)
-                 if bt * bd * 16 // (32 * w) <= 32 and bt * bd * 16 >= 32 * w]
-    for kind, space in (("fwd", fwd_space), ("bwd", bwd_space)):
-        for cfg in space:
-            st.CONFIG.update(default)
-            st.CONFIG.update(cfg)
-            try:
-                if kind == "fwd":
-                    ms = timeit(fwd_fn("triton", ts), device, budget_s=0.3)
-                    ok = rel_err(call("triton", ts).detach(), y0) < 1e-2
-                else:
-                    ms = timeit(fwd_bwd_fn("triton", ts, gy), device, budget_s=0.3)
-                    y = call("triton", ts)
-                    g = torch.autograd.grad(y, ts, gy)
-                    ok = all(rel_err(a, r) < 2e-2 for a, r in zip(g, g0))
-            except Exception as e:  # out of resources etc.
-                print(f"  {kind} {cfg}: failed ({type(e).__name__}: {str(e)[:80]})")
-                continue
-            results[kind].append({"config": cfg, "ms": ms, "ok": ok})
-            print(f"  {kind} {cfg}: {ms:.3f} ms{'' if ok else '  MISMATCH'}", flush=True)
-    st.CONFIG.update(default)
-    best = {k: min((r for r in v if r["ok"]), key=lambda r: r["ms"], default=None) for k, v in results.items()}
-    print("\nbest forward config :", best["fwd"])
-    print("best fwd+bwd config :", best["bwd"])
-    env = {**(best["fwd"]["config"] if best["fwd"] else {}), **(best["bwd"]["config"] if best["bwd"] else {})}
-    print("as env: " + " ".join(f"LITSCALE_SCAN_{k}={v}" for k, v in env.items()))
-    return {"shape": {"tokens": tokens, "d_inner": d, "d_state": n, "seq_len": T}, "results": results,
-            "best": best}
+    tiles = [(32, 1), (64, 2), (128, 4), (64, 1), (128, 2)]
+    stages = [
+        ("fwd", [dict(FWD_BLOCK_T=bt, FWD_BLOCK_D=bd, FWD_WARPS=w) for bt in (1, 2, 4) for bd, w in tiles]),
+        ("bwd", [dict(BWD_BLOCK_T=bt, BWD_BLOCK_D=bd, BWD_WARPS=w) for bt in (1, 2, 4) for bd, w in tiles[:4]]),
+        ("bwd", [dict(SEGMENTS=sg) for sg in (1, 2, 4, 8, 16)] + [dict(CKPT_STEPS=c) for c in (32, 128)]),
+    ]
+    out = []
+    for tokens, d, T in shapes:
+        b = max(1, tokens // T)
+        ts = make_inputs(b, T, d, n, dtype, device, seed=2)
+        gy = torch.randn(b, T, d, device=device, dtype=dtype)
+        st.CONFIG.update(default)
+        y0 = call("triton", ts).detach()
+        g0 = torch.autograd.grad(call("triton", ts), ts, gy)
+        best_cfg = dict(default)
+        print(f"\n# sweep tokens={tokens} d_inner={d} (batch {b} x T {T})")
+        results = []
+        for kind, space in stages:
+            base = dict(best_cfg)
+            best = None
+            for cfg in space:
+                st.CONFIG.update(base)
+                st.CONFIG.update(cfg)
+                try:
+                    if kind == "fwd":
+                        ms = timeit(fwd_fn("triton", ts), device, budget_s=0.3)
+                        ok = rel_err(call("triton", ts).detach(), y0) < 1e-2
+                    else:
+                        ms = timeit(fwd_bwd_fn("triton", ts, gy), device, budget_s=0.3)
+                        g = torch.autograd.grad(call("triton", ts), ts, gy)
+                        ok = all(rel_err(a, r) < 2e-2 for a, r in zip(g, g0))
+                except Exception as e:  # out of resources etc.
+                    print(f"  {kind} {cfg}: failed ({type(e).__name__}: {str(e)[:80]})")
+                    continue
+                results.append({"kind": kind, "config": dict(st.CONFIG), "changed": cfg, "ms": ms, "ok": ok})
+                print(f"  {kind} {cfg}: {ms:.3f} ms{'' if ok else '  MISMATCH'}", flush=True)
+                if ok and (best is None or ms < best[1]):
+                    best = (cfg, ms)
+            if best is not None:
+                best_cfg.update(best[0])
+        st.CONFIG.update(default)
+        changed = {k: v for k, v in best_cfg.items() if default.get(k) != v}
+        print("best config:", best_cfg)
+        print("as env: " + (" ".join(f"LITSCALE_SCAN_{k}={v}" for k, v in changed.items()) or "(defaults)"))
+        out.append({"shape": {"tokens": b * T, "d_inner": d, "d_state": n, "seq_len": T}, "results": results,
+                    "best": best_cfg})
+        del ts, gy
+    return out
 
 
 def main(argv=None):
@@ -323,8 +333,8 @@ def main(argv=None):
 
     result = {"env": env, "parity": par, "rows": rows}
     if args.sweep and "triton" in impls:
-        print("\n# Triton config sweep (d_inner 4096, 32k tokens)")
-        result["sweep"] = sweep(device, 32768 if not args.small else 512, dims[-1], n, T, dtype)
+        shapes = [(512, 64, T)] if args.small else [(8192, 2048, T), (32768, 4096, T)]
+        result["sweep"] = sweep(device, shapes, n, dtype)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))

@@ -261,8 +261,8 @@ _INTERPRET_SCRIPT = textwrap.dedent(r"""
     except Exception as e:  # triton missing or broken: skip
         print("UNSUPPORTED import:", repr(e)); sys.exit(77)
     from lit_gpt.kernels.selective_scan import selective_scan, selective_scan_reference
-    # tiny tiles so that several tiles, checkpoint chunks, d-blocks and padding are all exercised
-    st.CONFIG.update(CKPT_STEPS=8, FWD_BLOCK_T=2, BWD_BLOCK_T=4, FWD_BLOCK_D=2, BWD_BLOCK_D=2)
+    # tiny tiles so that several tiles, checkpoint chunks, time segments, d-blocks and padding are all exercised
+    st.CONFIG.update(CKPT_STEPS=4, FWD_BLOCK_T=2, BWD_BLOCK_T=2, FWD_BLOCK_D=2, BWD_BLOCK_D=2, SEGMENTS=2)
     b, T, d, n = 2, 11, 3, 3
     inp = make_inputs(b, T, d, n, seed=7)
     reset = torch.zeros(b, T, dtype=torch.bool); reset[0, 5] = True; reset[1, 8] = True

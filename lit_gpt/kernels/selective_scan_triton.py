@@ -9,9 +9,12 @@ recurrence inside the tile is an associative scan over the time axis of the affi
 Forward saves the inputs plus the state at the start of every checkpoint chunk (CONFIG["CKPT_STEPS"] steps):
 [batch, n_chunks, d_inner, d_state] fp32.  Backward walks the chunks in reverse: it recomputes the states at
 the start of the chunk's tiles (kept in a small per-program scratch buffer), then for each tile in reverse
-recomputes h inside the tile, runs the reverse scan for dL/dh_t = C_t gy_t + a_{t+1} dL/dh_{t+1} and forms
-all gradients.  Identities used (no division, no shifted tiles):  a_t h_{t-1} = h_t - u_t, and the reverse
-recurrence is solved with the associative triple (a_first, prod of the following a's, value).
+recomputes h inside the tile, runs the reverse recurrence dL/dh_t = C_t gy_t + a_{t+1} dL/dh_{t+1} and forms
+all gradients.  Identity used (no division, no shifted tiles):  a_t h_{t-1} = h_t - u_t.
+
+Time segments: when batch * d_inner is too small to fill the GPU, time is also cut into segments run by
+separate programs; a summary pass (segment scanned from zero: end state and product of decays; or, in
+backward, the reverse analogue) is chained on the host and the main kernels start each segment from there.
 
 dA, dD and d(dt_bias) are reduced per program in registers (then summed over the batch in PyTorch); dB and
 dC, which are sums over channels, are accumulated with fp32 atomics.
@@ -39,13 +42,22 @@ def _env_int(name: str, default: int) -> int:
 # Launch configuration. Mutable so that benchmarks can sweep it; CKPT_STEPS (the checkpoint
 # interval) must not change between a forward and its backward.
 CONFIG = {
-    "CKPT_STEPS": _env_int("LITSCALE_SCAN_CKPT_STEPS", 128),  # forward saves the state every CKPT_STEPS steps
-    "FWD_BLOCK_T": _env_int("LITSCALE_SCAN_FWD_BLOCK_T", 16),
+    # Defaults chosen from sm_90 compiles (ptxas -v, no GPU run yet): one warp per program, one channel per lane,
+    # 2-step tiles keep forward at ~154 and backward at ~236 registers without spills.  The backward keeps
+    # the states at the start of every tile of one checkpoint chunk in a per-program scratch buffer
+    # (CKPT_STEPS / BWD_BLOCK_T states), so a smaller CKPT_STEPS keeps that buffer in L2 while a larger one
+    # saves less memory between forward and backward (d_state * 4 / CKPT_STEPS bytes per token and channel).
+    "CKPT_STEPS": _env_int("LITSCALE_SCAN_CKPT_STEPS", 64),  # forward saves the state every CKPT_STEPS steps
+    "FWD_BLOCK_T": _env_int("LITSCALE_SCAN_FWD_BLOCK_T", 2),
     "FWD_BLOCK_D": _env_int("LITSCALE_SCAN_FWD_BLOCK_D", 32),
-    "FWD_WARPS": _env_int("LITSCALE_SCAN_FWD_WARPS", 4),
-    "BWD_BLOCK_T": _env_int("LITSCALE_SCAN_BWD_BLOCK_T", 16),
-    "BWD_BLOCK_D": _env_int("LITSCALE_SCAN_BWD_BLOCK_D", 16),
-    "BWD_WARPS": _env_int("LITSCALE_SCAN_BWD_WARPS", 8),
+    "FWD_WARPS": _env_int("LITSCALE_SCAN_FWD_WARPS", 1),
+    "BWD_BLOCK_T": _env_int("LITSCALE_SCAN_BWD_BLOCK_T", 2),
+    "BWD_BLOCK_D": _env_int("LITSCALE_SCAN_BWD_BLOCK_D", 32),
+    "BWD_WARPS": _env_int("LITSCALE_SCAN_BWD_WARPS", 1),
+    # time segments run by separate programs (more parallelism for small batch * d_inner, at the price of
+    # one extra pass over the data): 0 = automatic (aim at SEG_WARPS_PER_SM resident warps), else forced.
+    "SEGMENTS": _env_int("LITSCALE_SCAN_SEGMENTS", 0),
+    "SEG_WARPS_PER_SM": _env_int("LITSCALE_SCAN_SEG_WARPS_PER_SM", 8),
 }
 
 
@@ -57,6 +69,25 @@ def _check_config(cfg) -> None:
     for k in ("FWD_BLOCK_D", "BWD_BLOCK_D"):
         if cfg[k] < 1 or cfg[k] & (cfg[k] - 1):
             raise ValueError(f"{k}={cfg[k]} must be a power of two")
+
+
+def _sm_count(device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # interpreter
+
+
+def _segments(b: int, dim: int, n_ckpt: int, block_d: int, warps: int, device) -> Tuple[int, int]:
+    """(number of time segments, segment length in steps); segments hold whole checkpoint chunks."""
+    if n_ckpt <= 1:
+        return 1, CONFIG["CKPT_STEPS"] * max(n_ckpt, 1)
+    s = CONFIG["SEGMENTS"]
+    if s <= 0:
+        have = b * triton.cdiv(dim, block_d) * warps
+        s = (CONFIG["SEG_WARPS_PER_SM"] * _sm_count(device)) // max(have, 1)
+    s = max(1, min(s, n_ckpt))
+    chunks = triton.cdiv(n_ckpt, s)
+    return triton.cdiv(n_ckpt, chunks), chunks * CONFIG["CKPT_STEPS"]
 
 
 def checkpoint_steps() -> int:
@@ -84,18 +115,29 @@ def _affine_combine(a1, u1, a2, u2):
 
 
 @triton.jit
-def _reverse_combine(f1, e1, v1, f2, e2, v2):
-    # reverse scan (scan order runs backwards in time): (f1, e1, v1) summarises the LATER segment R,
-    # (f2, e2, v2) the EARLIER segment L.  For a segment [i..j]: f = a_i, e = prod_{i<r<=j} a_r and
-    # g_i = v + e * q where q = a_{j+1} g_{j+1} is the gradient arriving from after the segment.
-    ef = e2 * f1
-    return f2, ef * e1, v2 + ef * v1
+def _reverse_tile(a, v, q, offs_t, BLOCK_T: tl.constexpr):
+    """Reverse recurrence inside one tile (rows = time): g_t = v_t + a_{t+1} g_{t+1}, where q = a_{t+1} g_{t+1}
+    for the tile's last row comes from the next tile.  Returns (g for every row, a_0 g_0 for the previous
+    tile, product of the tile's a).  Unrolled over the (in-thread) time rows: tl.associative_scan with
+    reverse=True lowers to lane-reversing shuffles on sm_90, which this avoids."""
+    g = tl.zeros_like(v)
+    carry = q
+    prod = tl.full(q.shape, 1.0, tl.float32)
+    for k in tl.static_range(BLOCK_T):
+        sel = offs_t[:, None, None] == BLOCK_T - 1 - k
+        a_r = tl.sum(tl.where(sel, a, 0.0), axis=0)
+        g_r = tl.sum(tl.where(sel, v, 0.0), axis=0) + carry
+        g = tl.where(sel, g_r[None, :, :], g)
+        carry = a_r * g_r
+        prod = prod * a_r
+    return g, carry, prod
 
 
 @triton.jit
-def _load_tile(x_ptr, dt_ptr, B_ptr, C_ptr, reset_ptr, A, bias, base_xd, base_bn, base_r, t0, T, DIM, NS,
+def _load_tile(x_ptr, dt_ptr, B_ptr, C_ptr, reset_ptr, A, bias, base_xd, base_bn, base_r, t0, T, DIM, NS, sn,
                offs_t, offs_d, offs_n, mask_d, mask_n,
                HAS_BIAS: tl.constexpr, HAS_RESET: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Loads one time tile and forms a = exp(delta A), u = delta x B, both [BT, NP, BD] (d fastest)."""
     t = (t0 + offs_t).to(tl.int64)
     mask_t = t < T
     m2 = mask_t[:, None] & mask_d[None, :]
@@ -109,117 +151,142 @@ def _load_tile(x_ptr, dt_ptr, B_ptr, C_ptr, reset_ptr, A, bias, base_xd, base_bn
     else:
         delta = z
     delta = tl.where(m2, delta, 0.0)  # padding: a = 1, u = 0 (state passes through unchanged)
-    bn_off = base_bn + t[:, None] * NS + offs_n[None, :]
+    bn_off = base_bn + t[:, None] * NS + offs_n[None, :] * sn
     mtn = mask_t[:, None] & mask_n[None, :]
-    Bt = tl.load(B_ptr + bn_off, mask=mtn, other=0.0).to(tl.float32)
+    Bt = tl.load(B_ptr + bn_off, mask=mtn, other=0.0).to(tl.float32)  # [BT, NP]
     Ct = tl.load(C_ptr + bn_off, mask=mtn, other=0.0).to(tl.float32)
-    a = tl.exp(delta[:, :, None] * A[None, :, :])  # [BT, BD, NP]
+    a = tl.exp(delta[:, None, :] * A[None, :, :])  # [BT, NP, BD]
     if HAS_RESET:
         r = tl.load(reset_ptr + base_r + t, mask=mask_t, other=0)
         a = tl.where(r[:, None, None] != 0, 0.0, a)
-    u = (delta * x)[:, :, None] * Bt[:, None, :]
+    u = (delta * x)[:, None, :] * Bt[:, :, None]
     return x, z, delta, Bt, Ct, a, u, m2, mask_t, xd_off, bn_off, mtn
 
 
-@triton.jit
+# Layout note: tiles are [time, state, channel] with the channel axis last, and the state stride `sn`
+# (always 1) is a runtime argument that Triton does not specialise.  Then the only contiguous axis the
+# compiler sees is the channel axis, lanes are laid along channels, and time and state live inside each
+# thread: the scans over time and the sums over the state need no shuffles (checked on sm_90 PTX).
+@triton.jit(do_not_specialize=["sn"])
 def _scan_fwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, reset_ptr, h0_ptr,
-                     y_ptr, hT_ptr, ckpt_ptr,
-                     T, DIM, NS, n_ckpt,
+                     y_ptr, hT_ptr, ckpt_ptr, sumU_ptr, sumP_ptr,
+                     T, DIM, NS, n_ckpt, seg_len, n_seg, sn,
                      NP: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, CKPT_TILES: tl.constexpr,
                      HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESET: tl.constexpr,
-                     HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr):
+                     HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr, SUMMARY: tl.constexpr):
+    # grid (batch, channel blocks, time segments).  Segment s covers [s * seg_len, (s + 1) * seg_len).
+    # SUMMARY: only scan the segment from a zero state and store (end state, product of the decays), which
+    # lets the host chain the segments; otherwise start from h0[b, s] and write y, checkpoints and h_T.
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
+    pid_s = tl.program_id(2)
     offs_t = tl.arange(0, BLOCK_T)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, NP)
     mask_d = offs_d < DIM
     mask_n = offs_n < NS
-    mdn = mask_d[:, None] & mask_n[None, :]
-    dn_off = offs_d[:, None] * NS + offs_n[None, :]
-    A = tl.load(A_ptr + dn_off, mask=mdn, other=0.0).to(tl.float32)
+    mnd = mask_n[:, None] & mask_d[None, :]
+    nd_off = offs_d[None, :] * NS + offs_n[:, None] * sn  # [NP, BD] into a [.., DIM, NS] array
+    A = tl.load(A_ptr + nd_off, mask=mnd, other=0.0).to(tl.float32)
     bias = tl.zeros([BLOCK_D], dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    state_off = pid_b * DIM * NS + dn_off  # [b, DIM, NS] layout
-    h = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
+    state_off = pid_b * DIM * NS + nd_off
+    seg_off = (pid_b * n_seg + pid_s) * DIM * NS + nd_off  # into [b, n_seg, DIM, NS]
+    h = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
     if HAS_H0:
-        h = tl.load(h0_ptr + state_off, mask=mdn, other=0.0).to(tl.float32)
+        h = tl.load(h0_ptr + seg_off, mask=mnd, other=0.0).to(tl.float32)
+    p_acc = tl.full([NP, BLOCK_D], 1.0, tl.float32)
     base_xd = pid_b * T * DIM
     base_bn = pid_b * T * NS
     base_r = pid_b * T
-    n_tiles = tl.cdiv(T, BLOCK_T)
-    for j in range(0, n_tiles):
-        if j % CKPT_TILES == 0:  # CKPT_TILES = CKPT_STEPS // BLOCK_T (forward tiles per checkpoint)
-            c = j // CKPT_TILES
-            tl.store(ckpt_ptr + (pid_b * n_ckpt + c) * DIM * NS + dn_off, h, mask=mdn)
+    j_lo = pid_s * (seg_len // BLOCK_T)
+    j_hi = tl.minimum(tl.cdiv(T, BLOCK_T), j_lo + seg_len // BLOCK_T)
+    for j in range(j_lo, j_hi):
+        if not SUMMARY:
+            if j % CKPT_TILES == 0:  # CKPT_TILES = CKPT_STEPS // BLOCK_T (forward tiles per checkpoint)
+                c = j // CKPT_TILES
+                tl.store(ckpt_ptr + (pid_b * n_ckpt + c) * DIM * NS + nd_off, h, mask=mnd)
         x, z, delta, Bt, Ct, a, u, m2, mask_t, xd_off, bn_off, mtn = _load_tile(
             x_ptr, dt_ptr, B_ptr, C_ptr, reset_ptr, A, bias, base_xd, base_bn, base_r, j * BLOCK_T, T, DIM, NS,
-            offs_t, offs_d, offs_n, mask_d, mask_n, HAS_BIAS, HAS_RESET, SOFTPLUS)
+            sn, offs_t, offs_d, offs_n, mask_d, mask_n, HAS_BIAS, HAS_RESET, SOFTPLUS)
         P, U = tl.associative_scan((a, u), 0, _affine_combine)
         hs = P * h[None, :, :] + U
-        y = tl.sum(hs * Ct[:, None, :], axis=2)
-        if HAS_D:
-            y += Dv[None, :] * x
-        tl.store(y_ptr + xd_off, y.to(y_ptr.dtype.element_ty), mask=m2)
+        if SUMMARY:
+            p_acc = p_acc * tl.sum(tl.where(offs_t[:, None, None] == BLOCK_T - 1, P, 0.0), axis=0)
+        else:
+            y = tl.sum(hs * Ct[:, :, None], axis=1)
+            if HAS_D:
+                y += Dv[None, :] * x
+            tl.store(y_ptr + xd_off, y.to(y_ptr.dtype.element_ty), mask=m2)
         h = tl.sum(tl.where(offs_t[:, None, None] == BLOCK_T - 1, hs, 0.0), axis=0)
-    tl.store(hT_ptr + state_off, h, mask=mdn)
+    if SUMMARY:
+        tl.store(sumU_ptr + seg_off, h, mask=mnd)
+        tl.store(sumP_ptr + seg_off, p_acc, mask=mnd)
+    else:
+        tl.store(hT_ptr + state_off, h, mask=mnd & (pid_s == n_seg - 1))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["sn"])
 def _scan_bwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, reset_ptr, ckpt_ptr, gy_ptr, gT_ptr,
                      scratch_ptr,
                      dx_ptr, ddt_ptr, dApart_ptr, dB_ptr, dC_ptr, dDpart_ptr, dbpart_ptr, dh0_ptr,
-                     T, DIM, NS, n_ckpt,
+                     T, DIM, NS, n_ckpt, seg_len, n_seg, sn,
                      NP: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, CKPT_TILES: tl.constexpr,
                      HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESET: tl.constexpr,
                      HAS_GT: tl.constexpr, WANT_DH0: tl.constexpr, SOFTPLUS: tl.constexpr):
+    # grid (batch, channel blocks, time segments); gT[b, s] is the gradient arriving at the end of segment s
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
+    pid_s = tl.program_id(2)
     n_dblk = tl.num_programs(1)
     offs_t = tl.arange(0, BLOCK_T)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, NP)
     mask_d = offs_d < DIM
     mask_n = offs_n < NS
-    mdn = mask_d[:, None] & mask_n[None, :]
-    dn_off = offs_d[:, None] * NS + offs_n[None, :]
-    A = tl.load(A_ptr + dn_off, mask=mdn, other=0.0).to(tl.float32)
+    mnd = mask_n[:, None] & mask_d[None, :]
+    nd_off = offs_d[None, :] * NS + offs_n[:, None] * sn
+    A = tl.load(A_ptr + nd_off, mask=mnd, other=0.0).to(tl.float32)
     bias = tl.zeros([BLOCK_D], dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    state_off = pid_b * DIM * NS + dn_off
+    state_off = pid_b * DIM * NS + nd_off
+    seg_off = (pid_b * n_seg + pid_s) * DIM * NS + nd_off  # into [b, n_seg, DIM, NS]
     # q = a_{t+1} * dL/dh_{t+1}: the gradient reaching h_t from the future (g_final at the end).
-    q = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
+    q = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
     if HAS_GT:
-        q = tl.load(gT_ptr + state_off, mask=mdn, other=0.0).to(tl.float32)
-    dA_acc = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
+        q = tl.load(gT_ptr + seg_off, mask=mnd, other=0.0).to(tl.float32)
+    dA_acc = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
     dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     db_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     base_xd = pid_b * T * DIM
     base_bn = pid_b * T * NS
     base_r = pid_b * T
     # per-program scratch for the states at the start of the tiles of one checkpoint chunk
-    sc_base = (pid_b * n_dblk + pid_d) * CKPT_TILES * BLOCK_D * NP
-    sc_off = tl.arange(0, BLOCK_D)[:, None] * NP + offs_n[None, :]
+    sc_base = ((pid_b * n_seg + pid_s) * n_dblk + pid_d) * CKPT_TILES * BLOCK_D * NP
+    sc_off = offs_n[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
     n_tiles = tl.cdiv(T, BLOCK_T)
-    for cc in range(0, n_ckpt):
-        c = n_ckpt - 1 - cc
+    seg_chunks = seg_len // (CKPT_TILES * BLOCK_T)
+    c_lo = pid_s * seg_chunks
+    c_hi = tl.minimum(n_ckpt, c_lo + seg_chunks)
+    for cc in range(0, c_hi - c_lo):
+        c = c_hi - 1 - cc
         j0 = c * CKPT_TILES
         nt = tl.minimum(n_tiles - j0, CKPT_TILES)
         # phase A: states at the start of every tile of this chunk
-        h = tl.load(ckpt_ptr + (pid_b * n_ckpt + c) * DIM * NS + dn_off, mask=mdn, other=0.0)
+        h = tl.load(ckpt_ptr + (pid_b * n_ckpt + c) * DIM * NS + nd_off, mask=mnd, other=0.0)
         for jj in range(0, nt - 1):
             tl.store(scratch_ptr + sc_base + jj * BLOCK_D * NP + sc_off, h)
             x, z, delta, Bt, Ct, a, u, m2, mask_t, xd_off, bn_off, mtn = _load_tile(
                 x_ptr, dt_ptr, B_ptr, C_ptr, reset_ptr, A, bias, base_xd, base_bn, base_r, (j0 + jj) * BLOCK_T,
-                T, DIM, NS, offs_t, offs_d, offs_n, mask_d, mask_n, HAS_BIAS, HAS_RESET, SOFTPLUS)
+                T, DIM, NS, sn, offs_t, offs_d, offs_n, mask_d, mask_n, HAS_BIAS, HAS_RESET, SOFTPLUS)
             P, U = tl.associative_scan((a, u), 0, _affine_combine)
             hs = P * h[None, :, :] + U
             h = tl.sum(tl.where(offs_t[:, None, None] == BLOCK_T - 1, hs, 0.0), axis=0)
@@ -231,24 +298,21 @@ def _scan_bwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, reset_
             h0 = tl.load(scratch_ptr + sc_base + jj * BLOCK_D * NP + sc_off)
             x, z, delta, Bt, Ct, a, u, m2, mask_t, xd_off, bn_off, mtn = _load_tile(
                 x_ptr, dt_ptr, B_ptr, C_ptr, reset_ptr, A, bias, base_xd, base_bn, base_r, (j0 + jj) * BLOCK_T,
-                T, DIM, NS, offs_t, offs_d, offs_n, mask_d, mask_n, HAS_BIAS, HAS_RESET, SOFTPLUS)
+                T, DIM, NS, sn, offs_t, offs_d, offs_n, mask_d, mask_n, HAS_BIAS, HAS_RESET, SOFTPLUS)
             P, U = tl.associative_scan((a, u), 0, _affine_combine)
             hs = P * h0[None, :, :] + U  # h_t
             gy = tl.load(gy_ptr + xd_off, mask=m2, other=0.0).to(tl.float32)
-            v = gy[:, :, None] * Ct[:, None, :]
-            ones = tl.full([BLOCK_T, BLOCK_D, NP], 1.0, tl.float32)
-            _f, E, V = tl.associative_scan((a, ones, v), 0, _reverse_combine, reverse=True)
-            gh = V + E * q[None, :, :]  # dL/dh_t
-            q = tl.sum(tl.where(offs_t[:, None, None] == 0, a * gh, 0.0), axis=0)
+            v = gy[:, None, :] * Ct[:, :, None]
+            gh, q, _p = _reverse_tile(a, v, q, offs_t, BLOCK_T)  # gh = dL/dh_t
             hm = hs - u  # a_t h_{t-1}
-            s_b = tl.sum(gh * Bt[:, None, :], axis=2)  # sum_n gh B
+            s_b = tl.sum(gh * Bt[:, :, None], axis=1)  # sum_n gh B   [BT, BD]
             dx = delta * s_b
             if HAS_D:
                 dx += Dv[None, :] * gy
                 dD_acc += tl.sum(gy * x, axis=0)
             gdec = gh * hm
-            ddelta = x * s_b + tl.sum(gdec * A[None, :, :], axis=2)
-            dA_acc += tl.sum(gdec * delta[:, :, None], axis=0)
+            ddelta = x * s_b + tl.sum(gdec * A[None, :, :], axis=1)
+            dA_acc += tl.sum(gdec * delta[:, None, :], axis=0)
             if SOFTPLUS:
                 dz = ddelta * tl.sigmoid(z)
             else:
@@ -257,18 +321,62 @@ def _scan_bwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, reset_
             db_acc += tl.sum(dz, axis=0)
             tl.store(dx_ptr + xd_off, dx.to(dx_ptr.dtype.element_ty), mask=m2)
             tl.store(ddt_ptr + xd_off, dz.to(ddt_ptr.dtype.element_ty), mask=m2)
-            dBt = tl.sum(gh * (delta * x)[:, :, None], axis=1)  # [BT, NP]
-            dCt = tl.sum(hs * gy[:, :, None], axis=1)
-            tl.atomic_add(dB_ptr + bn_off, dBt, mask=mtn)
-            tl.atomic_add(dC_ptr + bn_off, dCt, mask=mtn)
+            dBt = tl.sum(gh * (delta * x)[:, None, :], axis=2)  # [BT, NP] (sum over this block's channels)
+            dCt = tl.sum(hs * gy[:, None, :], axis=2)
+            tl.atomic_add(dB_ptr + bn_off, dBt, mask=mtn, sem="relaxed")
+            tl.atomic_add(dC_ptr + bn_off, dCt, mask=mtn, sem="relaxed")
         tl.debug_barrier()
-    tl.store(dApart_ptr + state_off, dA_acc, mask=mdn)
+    tl.store(dApart_ptr + seg_off, dA_acc, mask=mnd)  # partial sums per (batch, segment)
     if HAS_D:
-        tl.store(dDpart_ptr + pid_b * DIM + offs_d, dD_acc, mask=mask_d)
+        tl.store(dDpart_ptr + (pid_b * n_seg + pid_s) * DIM + offs_d, dD_acc, mask=mask_d)
     if HAS_BIAS:
-        tl.store(dbpart_ptr + pid_b * DIM + offs_d, db_acc, mask=mask_d)
+        tl.store(dbpart_ptr + (pid_b * n_seg + pid_s) * DIM + offs_d, db_acc, mask=mask_d)
     if WANT_DH0:
-        tl.store(dh0_ptr + state_off, q, mask=mdn)
+        tl.store(dh0_ptr + state_off, q, mask=mnd & (pid_s == 0))
+
+
+@triton.jit(do_not_specialize=["sn"])
+def _scan_bwd_summary_kernel(dt_ptr, A_ptr, C_ptr, bias_ptr, reset_ptr, gy_ptr, sumQ_ptr, sumP_ptr,
+                             T, DIM, NS, seg_len, n_seg, sn,
+                             NP: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+                             HAS_BIAS: tl.constexpr, HAS_RESET: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Reverse-time summary of segment s = program_id(2) + 1 (segment 0 is never needed): the gradient q that
+    the segment hands to its predecessor when nothing arrives from its end, and the product of its decays.
+    The recurrence q_t = a_t (C_t dy_t + q_{t+1}) involves no forward state, so no checkpoint is read."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1)
+    pid_s = tl.program_id(2) + 1
+    offs_t = tl.arange(0, BLOCK_T)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, NP)
+    mask_d = offs_d < DIM
+    mask_n = offs_n < NS
+    mnd = mask_n[:, None] & mask_d[None, :]
+    nd_off = offs_d[None, :] * NS + offs_n[:, None] * sn
+    A = tl.load(A_ptr + nd_off, mask=mnd, other=0.0).to(tl.float32)
+    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    q = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
+    p_acc = tl.full([NP, BLOCK_D], 1.0, tl.float32)
+    base_xd = pid_b * T * DIM
+    base_bn = pid_b * T * NS
+    base_r = pid_b * T
+    j_lo = pid_s * (seg_len // BLOCK_T)
+    j_hi = tl.minimum(tl.cdiv(T, BLOCK_T), j_lo + seg_len // BLOCK_T)
+    for jj in range(0, j_hi - j_lo):
+        j = j_hi - 1 - jj
+        # x and B are not needed here: pass dt and C in their place (their loads are dead code)
+        x, z, delta, Bt, Ct, a, u, m2, mask_t, xd_off, bn_off, mtn = _load_tile(
+            dt_ptr, dt_ptr, C_ptr, C_ptr, reset_ptr, A, bias, base_xd, base_bn, base_r, j * BLOCK_T, T, DIM, NS,
+            sn, offs_t, offs_d, offs_n, mask_d, mask_n, HAS_BIAS, HAS_RESET, SOFTPLUS)
+        gy = tl.load(gy_ptr + xd_off, mask=m2, other=0.0).to(tl.float32)
+        v = gy[:, None, :] * Ct[:, :, None]
+        _gh, q, p_tile = _reverse_tile(a, v, q, offs_t, BLOCK_T)
+        p_acc = p_acc * p_tile
+    seg_off = (pid_b * n_seg + pid_s) * DIM * NS + nd_off
+    tl.store(sumQ_ptr + seg_off, q, mask=mnd)
+    tl.store(sumP_ptr + seg_off, p_acc, mask=mnd)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -297,15 +405,33 @@ def _scan_fwd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optiona
         return y, hT, ckpt
     cfg = CONFIG
     _check_config(cfg)
-    grid = (b, triton.cdiv(dim, cfg["FWD_BLOCK_D"]))
-    _scan_fwd_kernel[grid](
-        x, dt, A, B, C, D if D is not None else x, dt_bias if dt_bias is not None else x,
-        reset.view(torch.uint8) if reset is not None else x, initial_state if initial_state is not None else x,
-        y, hT, ckpt, T, dim, ns, n_ckpt,
-        NP=_np2(ns), BLOCK_T=cfg["FWD_BLOCK_T"], BLOCK_D=cfg["FWD_BLOCK_D"],
-        CKPT_TILES=cfg["CKPT_STEPS"] // cfg["FWD_BLOCK_T"],
-        HAS_D=D is not None, HAS_BIAS=dt_bias is not None, HAS_RESET=reset is not None,
-        HAS_H0=initial_state is not None, SOFTPLUS=dt_softplus, num_warps=cfg["FWD_WARPS"])
+    n_dblk = triton.cdiv(dim, cfg["FWD_BLOCK_D"])
+    n_seg, seg_len = _segments(b, dim, n_ckpt, cfg["FWD_BLOCK_D"], cfg["FWD_WARPS"], x.device)
+    h0 = initial_state
+    args = (x, dt, A, B, C, D if D is not None else x, dt_bias if dt_bias is not None else x,
+            reset.view(torch.uint8) if reset is not None else x)
+    meta = dict(NP=_np2(ns), BLOCK_T=cfg["FWD_BLOCK_T"], BLOCK_D=cfg["FWD_BLOCK_D"],
+                CKPT_TILES=cfg["CKPT_STEPS"] // cfg["FWD_BLOCK_T"], HAS_D=D is not None,
+                HAS_BIAS=dt_bias is not None, HAS_RESET=reset is not None, SOFTPLUS=dt_softplus,
+                num_warps=cfg["FWD_WARPS"])
+    if n_seg > 1:
+        # pass 1: every segment but the last scans from zero -> (end state U_s, decay product P_s)
+        sumU = torch.empty(b, n_seg, dim, ns, device=x.device, dtype=torch.float32)
+        sumP = torch.empty_like(sumU)
+        _scan_fwd_kernel[(b, n_dblk, n_seg - 1)](
+            *args, x, y, hT, ckpt, sumU, sumP, T, dim, ns, n_ckpt, seg_len, n_seg, 1,
+            HAS_H0=False, SUMMARY=True, **meta)
+        # chain: start of segment s = P_{s-1} * start_{s-1} + U_{s-1}
+        starts = torch.empty_like(sumU)
+        h = initial_state if initial_state is not None else torch.zeros_like(hT)
+        starts[:, 0] = h
+        for i in range(1, n_seg):
+            h = torch.addcmul(sumU[:, i - 1], sumP[:, i - 1], h)
+            starts[:, i] = h
+        h0 = starts
+    _scan_fwd_kernel[(b, n_dblk, n_seg)](
+        *args, h0 if h0 is not None else x, y, hT, ckpt, x, x, T, dim, ns, n_ckpt, seg_len, n_seg, 1,
+        HAS_H0=h0 is not None, SUMMARY=False, **meta)
     return y, hT, ckpt
 
 
@@ -331,10 +457,8 @@ def _scan_bwd(gy: Tensor, g_final: Optional[Tensor], x: Tensor, dt: Tensor, A: T
     ddt = torch.empty_like(dt)
     dB = torch.zeros(b, T, ns, device=dev, dtype=f32)
     dC = torch.zeros(b, T, ns, device=dev, dtype=f32)
-    dA_part = torch.zeros(b, dim, ns, device=dev, dtype=f32)
-    dD_part = torch.zeros(b, dim, device=dev, dtype=f32) if D is not None else None
-    db_part = torch.zeros(b, dim, device=dev, dtype=f32) if dt_bias is not None else None
     dh0 = torch.zeros(b, dim, ns, device=dev, dtype=f32) if want_dh0 else None
+    n_seg = 1
     if T > 0:
         cfg = CONFIG
         _check_config(cfg)
@@ -343,25 +467,46 @@ def _scan_bwd(gy: Tensor, g_final: Optional[Tensor], x: Tensor, dt: Tensor, A: T
         np2 = _np2(ns)
         n_dblk = triton.cdiv(dim, cfg["BWD_BLOCK_D"])
         tiles = cfg["CKPT_STEPS"] // cfg["BWD_BLOCK_T"]
-        scratch = torch.empty(b * n_dblk * tiles * cfg["BWD_BLOCK_D"] * np2, device=dev, dtype=f32)
-        _scan_bwd_kernel[(b, n_dblk)](
+        n_seg, seg_len = _segments(b, dim, n_ckpt, cfg["BWD_BLOCK_D"], cfg["BWD_WARPS"], dev)
+        rst = reset.view(torch.uint8) if reset is not None else x
+        gT = g_final[:, None] if g_final is not None else None  # [b, 1, dim, ns]
+        if n_seg > 1:
+            # pass 1: reverse summaries of segments 1..n_seg-1, then chain them from the end
+            sumQ = torch.empty(b, n_seg, dim, ns, device=dev, dtype=f32)
+            sumP = torch.empty_like(sumQ)
+            _scan_bwd_summary_kernel[(b, n_dblk, n_seg - 1)](
+                dt, A, C, dt_bias if dt_bias is not None else x, rst, gy, sumQ, sumP, T, dim, ns, seg_len, n_seg, 1,
+                NP=np2, BLOCK_T=cfg["BWD_BLOCK_T"], BLOCK_D=cfg["BWD_BLOCK_D"], HAS_BIAS=dt_bias is not None,
+                HAS_RESET=reset is not None, SOFTPLUS=dt_softplus, num_warps=cfg["BWD_WARPS"])
+            gT = torch.empty_like(sumQ)
+            q = g_final if g_final is not None else torch.zeros(b, dim, ns, device=dev, dtype=f32)
+            gT[:, n_seg - 1] = q
+            for i in range(n_seg - 1, 0, -1):
+                q = torch.addcmul(sumQ[:, i], sumP[:, i], q)
+                gT[:, i - 1] = q
+        dA_part = torch.empty(b * n_seg, dim, ns, device=dev, dtype=f32)
+        dD_part = torch.empty(b * n_seg, dim, device=dev, dtype=f32) if D is not None else dA_part
+        db_part = torch.empty(b * n_seg, dim, device=dev, dtype=f32) if dt_bias is not None else dA_part
+        scratch = torch.empty(b * n_seg * n_dblk * tiles * cfg["BWD_BLOCK_D"] * np2, device=dev, dtype=f32)
+        _scan_bwd_kernel[(b, n_dblk, n_seg)](
             x, dt, A, B, C, D if D is not None else x, dt_bias if dt_bias is not None else x,
-            reset.view(torch.uint8) if reset is not None else x, ckpt, gy,
-            g_final if g_final is not None else x, scratch,
-            dx, ddt, dA_part, dB, dC, dD_part if D is not None else dA_part,
-            db_part if dt_bias is not None else dA_part, dh0 if want_dh0 else dA_part,
-            T, dim, ns, n_ckpt,
+            rst, ckpt, gy, gT.contiguous() if gT is not None else x, scratch,
+            dx, ddt, dA_part, dB, dC, dD_part, db_part, dh0 if want_dh0 else dA_part,
+            T, dim, ns, n_ckpt, seg_len, n_seg, 1,
             NP=np2, BLOCK_T=cfg["BWD_BLOCK_T"], BLOCK_D=cfg["BWD_BLOCK_D"], CKPT_TILES=tiles,
             HAS_D=D is not None, HAS_BIAS=dt_bias is not None, HAS_RESET=reset is not None,
-            HAS_GT=g_final is not None, WANT_DH0=want_dh0, SOFTPLUS=dt_softplus, num_warps=cfg["BWD_WARPS"])
+            HAS_GT=gT is not None, WANT_DH0=want_dh0, SOFTPLUS=dt_softplus, num_warps=cfg["BWD_WARPS"])
+        dA = dA_part.sum(0).to(A.dtype)
+        dD = dD_part.sum(0).to(D.dtype) if D is not None else _empty(x)
+        dbias = db_part.sum(0).to(dt_bias.dtype) if dt_bias is not None else _empty(x)
     else:
         dx.zero_()
         ddt.zero_()
         if want_dh0 and g_final is not None:
             dh0.copy_(g_final)
-    dA = dA_part.sum(0).to(A.dtype)
-    dD = dD_part.sum(0).to(D.dtype) if D is not None else _empty(x)
-    dbias = db_part.sum(0).to(dt_bias.dtype) if dt_bias is not None else _empty(x)
+        dA = torch.zeros_like(A)
+        dD = torch.zeros_like(D) if D is not None else _empty(x)
+        dbias = torch.zeros_like(dt_bias) if dt_bias is not None else _empty(x)
     return (dx, ddt, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dbias, dh0 if want_dh0 else _empty(x))
 
 
