@@ -540,22 +540,38 @@ def _flash() -> bool:
     return flash_attn_available()
 
 
+@pytest.fixture
+def no_tf32():
+    """fp32 GPU-vs-CPU comparisons: keep cuDNN's conv in true fp32."""
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = old
+
+
 @cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("docs", [False, True])
-def test_gpu_mamba_matches_cpu(docs):
+def test_gpu_mamba_matches_cpu(docs, no_tf32):
+    """The CUDA layer (auto scan: mamba_ssm / Triton; conv: package / cuDNN / masked shifts) vs CPU, fp32,
+    outputs and input gradients."""
     m, cfg, spec = build("mamba")
     x = torch.randn(2, 300, cfg.n_embd)
     doc = (torch.arange(300) // 97).expand(2, 300).contiguous() if docs else None
-    with torch.no_grad():
-        ref = run(m, cfg, spec, x, doc_ids=doc)
-        got = run(m.cuda(), cfg, spec, x.cuda(), doc_ids=None if doc is None else doc.cuda())
-    torch.testing.assert_close(got.cpu(), ref, atol=1e-4, rtol=1e-3)
+    g = torch.randn(2, 300, cfg.n_embd)
+    x_cpu = x.clone().requires_grad_()
+    ref = run(m, cfg, spec, x_cpu, doc_ids=doc)
+    ref.backward(g)
+    x_gpu = x.cuda().requires_grad_()
+    got = run(m.cuda(), cfg, spec, x_gpu, doc_ids=None if doc is None else doc.cuda())
+    got.backward(g.cuda())
+    torch.testing.assert_close(got.detach().cpu(), ref.detach(), atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(x_gpu.grad.cpu(), x_cpu.grad, atol=1e-4, rtol=1e-3)
 
 
 @cuda
 @pytest.mark.gpu
-def test_gpu_causal_conv_package_parity():
+def test_gpu_causal_conv_package_parity(no_tf32):
     x = torch.randn(2, 500, 64, device="cuda")
     w, b = torch.randn(64, 1, 4, device="cuda"), torch.randn(64, device="cuda")
     ref = causal_conv1d(x, w, b, impl="conv1d")
