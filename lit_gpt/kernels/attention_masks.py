@@ -23,9 +23,26 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "attention_mask", "reference_attention", "block_local_attention", "flex_available", "flex_block_mask",
+    "sdpa_gqa", "attention_mask", "reference_attention", "block_local_attention", "flex_available", "flex_block_mask",
     "flex_attention", "flash_attn_available", "flash_attention", "cu_seqlens_from_doc_ids",
 ]
+
+
+# ------------------------------------------------------------------------------------------- SDPA with GQA
+def _flash_sdpa_ok(q: torch.Tensor, v: torch.Tensor, attn_mask: Optional[torch.Tensor]) -> bool:
+    return attn_mask is None and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] == v.shape[-1] <= 256
+
+
+def sdpa_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
+             attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False) -> torch.Tensor:
+    """SDPA with G KV heads for H query heads. On CUDA only the flash backend takes ``enable_gqa``; every other
+    layout (a mask, fp32, a value wider than the key) would silently fall back to the unfused math kernel, so K/V
+    are expanded to H heads there and the memory-efficient kernel runs instead."""
+    H, G = q.shape[1], k.shape[1]
+    if H != G and q.is_cuda and not _flash_sdpa_ok(q, v, attn_mask):
+        k, v = k.repeat_interleave(H // G, dim=1), v.repeat_interleave(H // G, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
+                                          enable_gqa=k.shape[1] != H)
 
 
 # ------------------------------------------------------------------------------------------- reference
@@ -56,7 +73,7 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sc
     if k_pos is None:
         k_pos = torch.arange(Tk, device=q.device)
     mask = attention_mask(q_pos, k_pos, window, q_doc, k_doc)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+    return sdpa_gqa(q, k, v, attn_mask=mask, scale=scale)
 
 
 # ------------------------------------------------------------------------------------------- block-local SWA
@@ -99,12 +116,10 @@ def block_local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
     tile = window if tile is None else tile
     if tile < window:
         raise ValueError(f"block-local attention needs tile ({tile}) >= window ({window})")
-    gqa = H != G
     n = -(-T // tile)
     pad = n * tile - T
     if n == 1 and doc_ids is None:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=_band_mask(T, window, T, q.device), scale=scale,
-                                              enable_gqa=gqa)
+        return sdpa_gqa(q, k, v, attn_mask=_band_mask(T, window, T, q.device), scale=scale)
 
     def tiles(x: torch.Tensor, front: int) -> torch.Tensor:  # [B, h, T, d] -> [B, h, front + n, tile, d]
         x = F.pad(x, (0, 0, front * tile, pad))
@@ -115,12 +130,12 @@ def block_local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
 
     if doc_ids is None:
         qt, kt, vt = tiles(q, 0), tiles(k, 0), tiles(v, 0)
-        y0 = F.scaled_dot_product_attention(qt[:, :, 0], kt[:, :, 0], vt[:, :, 0], scale=scale, enable_gqa=gqa,
-                                            attn_mask=_band_mask(tile, window, tile, q.device))
+        y0 = sdpa_gqa(qt[:, :, 0], kt[:, :, 0], vt[:, :, 0], scale=scale,
+                      attn_mask=_band_mask(tile, window, tile, q.device))
         kw = to_batch(torch.cat((kt[:, :, :-1], kt[:, :, 1:]), dim=3))  # [B * (n-1), G, 2 * tile, D]
         vw = to_batch(torch.cat((vt[:, :, :-1], vt[:, :, 1:]), dim=3))
-        y = F.scaled_dot_product_attention(to_batch(qt[:, :, 1:]), kw, vw, scale=scale, enable_gqa=gqa,
-                                           attn_mask=_band_mask(tile, window, 2 * tile, q.device))
+        y = sdpa_gqa(to_batch(qt[:, :, 1:]), kw, vw, scale=scale,
+                     attn_mask=_band_mask(tile, window, 2 * tile, q.device))
         y = y.view(B, n - 1, H, tile, Dv).transpose(1, 2).reshape(B, H, (n - 1) * tile, Dv)
         return torch.cat((y0, y), dim=2)[:, :, :T]
     kt, vt = tiles(k, 1), tiles(v, 1)  # a zero tile in front: tile 0's "previous tile", masked out below
@@ -132,8 +147,7 @@ def block_local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
     dk = F.pad(doc_ids, (tile, pad), value=-2).view(B, n + 1, tile)
     dk = torch.cat((dk[:, :-1], dk[:, 1:]), dim=2)  # [B, n, 2 * tile]
     mask = _band_mask(tile, window, 2 * tile, q.device) & (dq[:, :, :, None] == dk[:, :, None, :])
-    y = F.scaled_dot_product_attention(to_batch(tiles(q, 0)), kw, vw, attn_mask=mask.view(B * n, 1, tile, 2 * tile),
-                                       scale=scale, enable_gqa=gqa)
+    y = sdpa_gqa(to_batch(tiles(q, 0)), kw, vw, attn_mask=mask.view(B * n, 1, tile, 2 * tile), scale=scale)
     y = y.view(B, n, H, tile, Dv).transpose(1, 2).reshape(B, H, n * tile, Dv)
     return y[:, :, :T]
 

@@ -23,7 +23,8 @@ from torch import nn
 
 from lit_gpt.config import Config, LayerSpec
 from lit_gpt.kernels.attention_masks import (attention_mask, block_local_attention, flash_attention,
-                                             flash_supports, flex_attention, flex_available, reference_attention)
+                                             flash_supports, flex_attention, flex_available, reference_attention,
+                                             sdpa_gqa)
 from lit_gpt.layers.context import SeqContext
 from lit_gpt.layers.rotary import apply_rope
 
@@ -85,8 +86,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
         window = None
     backend = choose_impl(q, v, window=window, doc_ids=doc_ids, impl=impl)
     if backend == "sdpa":
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
-                                                                enable_gqa=q.shape[1] != k.shape[1])
+        return sdpa_gqa(q, k, v, is_causal=True, scale=scale)
     if backend == "flash":
         return flash_attention(q, k, v, scale=scale, window=window, doc_ids=doc_ids)
     if backend == "flex":
