@@ -8,7 +8,8 @@
 Mamba rows: one per selective-scan implementation that can run (``LITSCALE_SCAN_IMPL``: mamba_ssm, triton,
 chunked), with and without document resets (``varlen``: mean document length --doc-len). Parity: each impl's
 layer output and input gradient vs the chunked fp32 scan on a short sequence (relative max error), before timing.
-Other rows (for scale): full causal attention, SWA 128, differential SWA 128, GMU, at the same width with head 128.
+Other rows (for scale): full causal attention, SWA 128, differential full / SWA 128, GMU, same width, head 128;
+their attention backend is the automatic choice (force one with LITSCALE_ATTN_IMPL=flex|block_local|flash|...).
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ def build(mixer: str, cfg: Config, device) -> torch.nn.Module:
         m = CausalSelfAttention(cfg, LayerSpec(1, "attention"))
     elif mixer == "swa128":
         m = CausalSelfAttention(cfg, LayerSpec(1, "attention", window=128))
+    elif mixer == "diff-attn":
+        m = DiffSelfAttention(cfg, LayerSpec(1, "attention", diff_attn=True))
     elif mixer == "diff-swa128":
         m = DiffSelfAttention(cfg, LayerSpec(1, "attention", window=128, diff_attn=True))
     elif mixer == "gmu":
@@ -191,7 +194,7 @@ def main(argv=None) -> int:
     p.add_argument("--seq-len", type=int, default=4096)
     p.add_argument("--head-size", type=int, default=128)
     p.add_argument("--doc-len", type=int, default=1024)
-    p.add_argument("--mixers", nargs="+", default=["mamba", "attn", "swa128", "diff-swa128", "gmu"])
+    p.add_argument("--mixers", nargs="+", default=["mamba", "attn", "swa128", "diff-attn", "diff-swa128", "gmu"])
     p.add_argument("--scan-impls", nargs="*", default=None, help="default: every impl that can run here")
     p.add_argument("--no-varlen", action="store_true", help="skip the document-reset Mamba rows")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="autocast dtype")
