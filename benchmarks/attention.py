@@ -25,7 +25,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lit_gpt.kernels.attention_masks import flash_attn_available, reference_attention  # noqa: E402
+from lit_gpt.kernels.attention_masks import (flash_attn_available, flex_block_mask,  # noqa: E402
+                                             reference_attention)
 from lit_gpt.layers.attention import attention  # noqa: E402
 from lit_gpt.scaling import average_keys_per_query  # noqa: E402
 
@@ -175,6 +176,10 @@ def run_case(case: Case, T: int, args, device, dtype, parity: dict) -> Row:
     except Exception as exc:  # report and continue with the other cases
         row.note = f"error: {type(exc).__name__}: {str(exc)[:120]}"
         return row
+    if case.impl == "flex" and docs is not None:  # per-step cost the timings above exclude (cached per doc_ids)
+        row.extra["mask_build_ms"] = timeit(lambda: flex_block_mask(T, window, docs.clone(), device), device,
+                                            1, max(1, args.repeats // 2))
+        row.note = f"+{row.extra['mask_build_ms']:.2f} ms block-mask build per batch"
     flops = 4 * B * H * D * mean_keys(T, window, docs) * T * 3.5
     row.tflops = flops / (row.fwd_bwd_ms * 1e-3) / 1e12
     row.extra["mean_keys"] = mean_keys(T, window, docs)
