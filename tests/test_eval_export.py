@@ -50,6 +50,10 @@ def test_hf_llama_logits_match(tmp_path, overrides, tied):
     text = "The quick brown fox jumps over the lazy dog."
     assert hf_tok(text, add_special_tokens=False).input_ids == tok.encode(text)
     assert hf_tok.eos_token_id == tok.eos_id
+    from lit_gpt.inference import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="Hugging Face Llama export"):
+        load_model(out)
 
 
 def test_hybrid_exports_litscale_format(tmp_path):

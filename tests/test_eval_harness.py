@@ -91,6 +91,18 @@ def test_generate_until(lm):
         assert text == expect or (lm.tok.eos_id in gen and full.startswith(text))
 
 
+def test_eval_py_default_output_path(run, tmp_path):
+    sys.path.insert(0, str(REPO))
+    from eval import default_output_path
+
+    args = ["--model", "ArchScale", "--model_args", f"pretrained={run},max_length=64", "--tasks", "x"]
+    assert default_output_path(args) == str(run / "eval" / "lm_eval")
+    ckpt = run / "checkpoints" / "step-00000005"
+    assert default_output_path(["--model_args=pretrained=" + str(ckpt)]) == str(run / "eval" / "lm_eval")
+    assert default_output_path(args + ["--output_path", "elsewhere"]) is None
+    assert default_output_path(["--model_args", f"pretrained={tmp_path / 'nothing'}"]) is None
+
+
 @pytest.mark.slow
 def test_eval_py_end_to_end_on_local_task(run, tmp_path):
     """eval.py -> lm-eval CLI -> our model on a 5-question task; acc must equal the hand computation."""

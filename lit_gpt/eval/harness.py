@@ -48,6 +48,8 @@ class LitScaleLM(TemplateLM):
                  max_batch_size: Optional[int] = None, device: Optional[str] = None, max_gen_toks: int = 256,
                  prefix_eos: Any = False, allow_extrapolation: Any = False, seed: int = 1234, **extra: Any):
         super().__init__()
+        unquote = lambda v: v.strip().strip("'\"") if isinstance(v, str) else v  # noqa: E731
+        pretrained, config, tokenizer = unquote(pretrained), unquote(config), unquote(tokenizer)
         if extra:
             log.info("ArchScale model: ignoring model args %s", sorted(extra))
         world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -33,8 +33,10 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 def _head(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """Logits (fp32) for already-multiplied final hidden states (ModelOutput.hidden)."""
-    return model.lm_head(hidden).float()
+    """Logits for already-multiplied final hidden states (ModelOutput.hidden), computed in fp32 so that
+    log-probabilities and argmax do not suffer from bf16 logits (only a few positions go through here)."""
+    head = model.lm_head
+    return F.linear(hidden.float(), head.weight.float(), None if head.bias is None else head.bias.float())
 
 
 @torch.no_grad()
@@ -44,15 +46,17 @@ def score_continuations(model: torch.nn.Module, requests: Sequence[tuple[Sequenc
     """``(sum log p(continuation | context), is_greedy)`` for each ``(context_ids, continuation_ids)`` pair.
 
     ``context + continuation`` longer than ``max_length + 1`` tokens loses tokens on the left (the model sees at
-    most ``max_length`` inputs). The continuation must be non-empty; the context may be empty only if the
-    continuation has at least two tokens (the first is then only context).
+    most ``max_length`` inputs). An empty continuation scores ``(0.0, True)``; an empty context needs a
+    continuation of at least two tokens (the first is then only context).
     """
     device = model_device(model)
     items = []
+    empty: list[int] = []
     for i, (ctx, cont) in enumerate(requests):
         ctx, cont = list(ctx), list(cont)
-        if not cont:
-            raise ValueError(f"request {i}: empty continuation")
+        if not cont:  # nothing to score: log 1 = 0, trivially greedy
+            empty.append(i)
+            continue
         full = (ctx + cont)[-(max_length + 1):]
         if len(full) < 2:
             raise ValueError(f"request {i}: needs at least one context token before the continuation")
@@ -60,7 +64,9 @@ def score_continuations(model: torch.nn.Module, requests: Sequence[tuple[Sequenc
         items.append((i, full, n))
     # longest first: the first batch shows out-of-memory at once, and rows of a batch have similar lengths
     items.sort(key=lambda it: (-len(it[1]), it[0]))
-    results: list[Optional[tuple[float, bool]]] = [None] * len(items)
+    results: list[Optional[tuple[float, bool]]] = [None] * len(requests)
+    for i in empty:
+        results[i] = (0.0, True)
     for start in range(0, len(items), max(1, batch_size)):
         chunk = items[start:start + max(1, batch_size)]
         width = max(len(full) - 1 for _, full, _ in chunk)
