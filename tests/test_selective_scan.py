@@ -283,6 +283,13 @@ _INTERPRET_SCRIPT = textwrap.dedent(r"""
     ref2 = run(selective_scan_reference, inp2, None, dt_softplus=False)
     err.update({k + "_2": (got2[k] - ref2[k]).abs().max().item() / max(ref2[k].abs().max().item(), 1e-6)
                 for k in ref2})
+    # torch.compile traces through the dispatch and the custom op without graph breaks (fullgraph)
+    def loss(x, dt, A, B, C):
+        return selective_scan(x, dt, A, B, C, impl="triton").sum()
+    args = [inp2[k] for k in ("x", "dt", "A", "B", "C")]
+    g_c = torch.autograd.grad(torch.compile(loss, fullgraph=True, backend="aot_eager")(*args), args)
+    g_e = torch.autograd.grad(loss(*args), args)
+    err["compiled_vs_eager"] = max((a - b).abs().max().item() for a, b in zip(g_c, g_e))
     print("RESULT " + json.dumps(err))
 """)
 
@@ -299,7 +306,7 @@ def test_triton_interpreter_parity(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
     err = json.loads(line[len("RESULT "):])
-    assert len(err) == 17 and all(k in err for k in ("dx", "ddt", "dA", "dB", "dC", "dD", "ddt_bias",
+    assert len(err) == 18 and all(k in err for k in ("dx", "ddt", "dA", "dB", "dC", "dD", "ddt_bias",
                                                      "dinitial_state"))
     bad = {k: v for k, v in err.items() if not v < 1e-4}
     assert not bad, f"relative max errors too large: {bad}"

@@ -182,25 +182,43 @@ def selective_scan_chunked(x, dt, A, B, C, D=None, *, dt_bias=None, dt_softplus=
 # ----------------------------------------------------------------------------------------------
 # (d) mamba_ssm
 # ----------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+def _constant_for_compile(fn):
+    """torch.compile: evaluate once at trace time and treat the result as a constant (no graph break on the
+    imports inside the probe)."""
+    try:
+        return torch._dynamo.assume_constant_result(fn)
+    except Exception:  # pragma: no cover - very old or stripped torch
+        return fn
+
+
+_PROBES: dict = {}
+
+
+def _probe(name: str) -> bool:
+    if name not in _PROBES:
+        try:
+            if name == "mamba_ssm":
+                from mamba_ssm.ops.selective_scan_interface import selective_scan_fn  # noqa: F401
+            else:
+                from lit_gpt.kernels import selective_scan_triton  # noqa: F401
+            _PROBES[name] = True
+        except Exception:  # missing, or broken installs (ABI mismatch etc.)
+            _PROBES[name] = False
+    return _PROBES[name]
+
+
+@_constant_for_compile
 def mamba_ssm_available() -> bool:
-    try:
-        return importlib.util.find_spec("mamba_ssm") is not None and _mamba_fn() is not None
-    except Exception:  # broken installs (ABI mismatch etc.) count as unavailable
-        return False
+    return importlib.util.find_spec("mamba_ssm") is not None and _probe("mamba_ssm")
 
 
-@functools.lru_cache(maxsize=None)
-def _mamba_fn():
-    try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except Exception:
-        return None
-    return selective_scan_fn
+@_constant_for_compile
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None and _probe("triton")
 
 
 def _selective_scan_mamba(x, dt, A, B, C, D, dt_bias, dt_softplus, return_final_state):
-    fn = _mamba_fn()
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as fn
     # mamba_ssm layout: u, delta [b, d, T]; B, C [b, n, T]; out [b, d, T] in u's dtype.
     out = fn(x.transpose(1, 2).contiguous(), dt.transpose(1, 2).contiguous(), A.float().contiguous(),
              B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(),
@@ -216,15 +234,6 @@ def _selective_scan_mamba(x, dt, A, B, C, D, dt_bias, dt_softplus, return_final_
 # ----------------------------------------------------------------------------------------------
 # dispatch
 # ----------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
-def triton_available() -> bool:
-    try:
-        from lit_gpt.kernels import selective_scan_triton  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
 def _triton_runs_on(x: Tensor) -> bool:
     if not triton_available():
         return False
