@@ -93,10 +93,12 @@ class Trainer:
         self.tokens = 0
 
     # ------------------------------------------------------------------ setup
-    def setup(self) -> None:
+    def setup(self, meta: Optional[dict[str, Any]] = None) -> None:
+        """``meta``: vocabulary and EOS of the caller's own batches (benchmarks, no data folder); else read from data."""
         opts = self.opts
         self.system = resolve_system(opts)
-        meta = None if opts.dry_run and opts.vocab_size else data_meta(opts)
+        if meta is None and not (opts.dry_run and opts.vocab_size):
+            meta = data_meta(opts)
         vocab = meta["vocab_size"] if meta else None
         eos = meta.get("eos_id") if meta else None
         self.config = opts.model_config(vocab, eos)
