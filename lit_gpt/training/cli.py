@@ -31,7 +31,7 @@ def build_parser():
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     parser = ArgumentParser(prog="pretrain.py", description="litscale pretraining (ArchScale-compatible flags)",
-                            exit_on_error=True)
+                            exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the options below")
     parser.add_class_arguments(RunOptions, nested_key=None, as_group=False)
     return parser
@@ -59,7 +59,7 @@ def parse_options(argv: Optional[Sequence[str]] = None) -> RunOptions:
     parser = build_parser()
     args = expand_bare_bools(list(sys.argv[1:] if argv is None else argv))
     cfg = parser.parse_args(args)
-    cfg = parser.instantiate_classes(cfg)
+    cfg = parser.instantiate(cfg)
     values = {k: v for k, v in vars(cfg).items() if k != "config" and not k.startswith("__")}
     return RunOptions(**values)
 
@@ -67,7 +67,9 @@ def parse_options(argv: Optional[Sequence[str]] = None) -> RunOptions:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from lit_gpt.training.loop import EXIT_TOO_MANY_SKIPS, TrainingStopped, run
 
-    errors = user_errors()
+    from jsonargparse import ArgumentError
+
+    errors = user_errors() + (ArgumentError,)
     try:
         opts = parse_options(argv)
         return run(opts)

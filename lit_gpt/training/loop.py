@@ -102,7 +102,7 @@ class Trainer:
         vocab = meta["vocab_size"] if meta else None
         eos = meta.get("eos_id") if meta else None
         self.config = opts.model_config(vocab, eos)
-        if meta and opts.vocab_size is None:
+        if meta:  # also when --vocab_size is explicit: token ids >= vocab would crash inside the embedding
             from lit_gpt.data.loader import check_vocab
 
             check_vocab(meta, self.config.padded_vocab_size)
@@ -170,16 +170,21 @@ class Trainer:
                 yield batch
 
     # ------------------------------------------------------------------ checkpoints
+    @property
+    def sharded_model(self) -> torch.nn.Module:
+        """The strategy's module (plain, DDP or FSDP) behind Fabric's wrapper: what state-dict helpers expect."""
+        return getattr(self.model, "_forward_module", self.model)
+
     def model_state(self) -> dict[str, Any]:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        sd = get_model_state_dict(self.sharded_model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return {clean_name(k): v for k, v in sd.items()}
 
     def optimizer_state(self) -> dict[str, Any]:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        sd = get_optimizer_state_dict(self.model, self.optimizer,
+        sd = get_optimizer_state_dict(self.sharded_model, self.optimizer.optimizer,
                                       options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         sd["state"] = {clean_name(k): v for k, v in sd["state"].items()}
         for group in sd["param_groups"]:
@@ -252,24 +257,24 @@ class Trainer:
     def _load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        set_model_state_dict(self.model, self._with_wrapper_names(weights),
+        set_model_state_dict(self.sharded_model, self._with_wrapper_names(weights),
                              options=StateDictOptions(full_state_dict=True, strict=True))
 
     def _load_optimizer(self, optim_sd: dict[str, Any]) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        lookup = {clean_name(n): n for n, _ in self.model.named_parameters()}
+        lookup = {clean_name(n): n for n, _ in self.sharded_model.named_parameters()}
         optim_sd = dict(optim_sd)
         optim_sd["state"] = {lookup.get(k, k): v for k, v in optim_sd["state"].items()}
         optim_sd["param_groups"] = [dict(g, params=[lookup.get(p, p) for p in g["params"]])
                                     for g in optim_sd["param_groups"]]
-        set_optimizer_state_dict(self.model, self.optimizer, optim_sd,
+        set_optimizer_state_dict(self.sharded_model, self.optimizer.optimizer, optim_sd,
                                  options=StateDictOptions(full_state_dict=True))
 
     def _with_wrapper_names(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-        names = {clean_name(k): k for k in get_model_state_dict(self.model).keys()}
+        names = {clean_name(k): k for k in get_model_state_dict(self.sharded_model).keys()}
         return {names.get(k, k): v for k, v in weights.items()}
 
     # ------------------------------------------------------------------ evaluation

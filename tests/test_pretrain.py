@@ -1,0 +1,206 @@
+"""pretrain.py end to end on CPU: learning, resume equality, torchrun (gloo) equivalence, dry run, bad input."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_gpt.training.cli import main, parse_options
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--train_model", "transformer", "--depth", "2", "--ar", "16", "--train_name", "test_mup", "--ctx_len", "64",
+        "--micro_bsz", "4", "--total_bsz", "512", "--num_workers", "0", "--eval_iters", "2", "--compile", "false",
+        "--base_hps.d0", "2", "--base_hps.eta0", "0.003", "--base_hps.b0", "512", "--base_hps.warmup_tokens0", "1024"]
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    from lit_gpt.training.checkpoint import find_resume_checkpoint, load_checkpoint
+
+    return load_checkpoint(find_resume_checkpoint(run_dir, log=None))[0]["model"]
+
+
+def test_training_lowers_loss_and_writes_run_folder(builtin_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(TINY + ["--train_data_dir", builtin_data, "--out_dir", str(out), "--max_steps", "40", "--log_step", "10",
+                      "--eval_step", "40", "--save_step", "20"])
+    assert rc == 0
+    rows = read_metrics(out)
+    train = [float(r["train_loss"]) for r in rows if r["train_loss"]]
+    assert min(train[1:]) < train[0] - 0.5, train
+    val = [r for r in rows if r["val_loss"]]
+    assert val and all(r["val_loss_1x"] and r["val_loss_4x"] for r in val)
+    vocab = json.loads((Path(builtin_data) / "meta.json").read_text())["vocab_size"]
+    assert float(val[-1]["val_loss"]) < math.log(vocab) - 0.5  # well below the uniform guess
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "finished"
+    assert run["options"]["parameterization"] == "mup++" and run["plan"]["max_steps"] == 40
+    assert (out / "tokenizer.json").exists()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("step-")) == \
+        ["step-00000020", "step-00000040"]
+    printed = capsys.readouterr().out
+    assert "tok/s" in printed and "ETA" in printed
+
+
+def test_resume_reproduces_uninterrupted_run(builtin_data, tmp_path):
+    common = TINY + ["--train_data_dir", builtin_data, "--max_steps", "12", "--log_step", "1", "--eval_step", "100",
+                     "--save_step", "6"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    assert main(common + ["--out_dir", str(full)]) == 0
+    # the interrupted run: only the step-6 checkpoint survived, then --resume auto
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step-00000006", resumed / "checkpoints" / "step-00000006")
+    assert main(common + ["--out_dir", str(resumed), "--resume", "auto"]) == 0
+    a = {int(r["step"]): float(r["train_loss"]) for r in read_metrics(full) if r["train_loss"]}
+    b = {int(r["step"]): float(r["train_loss"]) for r in read_metrics(resumed) if r["train_loss"]}
+    assert sorted(b) == list(range(7, 13))
+    for step in b:
+        assert b[step] == pytest.approx(a[step], abs=1e-6)
+    wa, wb = final_weights(full), final_weights(resumed)
+    for name in wa:
+        assert torch.allclose(wa[name], wb[name], atol=1e-6), name
+
+
+def test_load_dir_starts_new_run_from_weights(builtin_data, tmp_path):
+    src = tmp_path / "src"
+    assert main(TINY + ["--train_data_dir", builtin_data, "--out_dir", str(src), "--max_steps", "16", "--save_step", "16",
+                        "--eval_step", "100", "--log_step", "1"]) == 0
+    dst = tmp_path / "dst"
+    assert main(TINY + ["--train_data_dir", builtin_data, "--out_dir", str(dst), "--max_steps", "1", "--save_step", "100",
+                        "--eval_step", "100", "--log_step", "1", "--load_dir", str(src)]) == 0
+    first = float(read_metrics(dst)[0]["train_loss"])
+    src_losses = [float(r["train_loss"]) for r in read_metrics(src) if r["train_loss"]]
+    # starts from the trained weights (near where src ended), not from scratch (near where src began)
+    assert abs(first - src_losses[-1]) < abs(first - src_losses[0]), (first, src_losses)
+
+
+@pytest.mark.slow
+def test_torchrun_gloo_matches_single_process(tmp_path):
+    script = ROOT / "tests" / "helpers" / "ddp_equivalence.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, str(script), str(tmp_path / "w1.json")], check=True, env=env, timeout=300)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29623",
+                    str(script), str(tmp_path / "w2.json")], check=True, env=env, timeout=300)
+    one = json.loads((tmp_path / "w1.json").read_text())
+    two = json.loads((tmp_path / "w2.json").read_text())
+    assert one["grad_accum"] == 2 * two["grad_accum"] or two["grad_accum"] == one["grad_accum"]
+    assert one["losses"][-1] < one["losses"][0] - 0.05  # the steps really train
+    for a, b in zip(one["losses"], two["losses"]):
+        assert a == pytest.approx(b, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_torchrun_pretrain_cli_smoke(builtin_data, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29624",
+           str(ROOT / "pretrain.py"), *TINY, "--train_data_dir", builtin_data, "--out_dir", str(out),
+           "--max_steps", "4", "--log_step", "2", "--eval_step", "4", "--save_step", "4"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["world_size"] == 2 and run["system"]["strategy"] == "ddp" and run["status"] == "finished"
+    assert len(final_weights(out)) > 0
+
+
+def test_dry_run_prints_plan(capsys):
+    assert main(["--train_model", "transformer", "--depth", "16", "--train_name", "scaling_mup", "--vocab_size",
+                 "32000", "--devices", "8", "--micro_bsz", "4", "--dry_run"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("run_name", "model_config", "n_params", "n_params_non_embedding", "train_tokens", "global_batch_tokens",
+                "micro_batch_size", "grad_accum_steps", "max_steps", "lr", "lr_mult", "weight_decay", "warmup_tokens",
+                "flops_per_token"):
+        assert key in report, key
+    assert report["run_name"] == "scaling_mup_transformer_d16_ctx4096"
+    assert report["lr"] == pytest.approx(4e-4) and report["grad_accum_steps"] == 16
+
+
+def test_archscale_spellings_and_train_name_tokens(tmp_path):
+    opts = parse_options(["--train_model", "phi4miniflash", "--depth", "32", "--train_name", "scaling_mup_tie_rbase_varlen_ls_wsd",
+                          "--base_hps.eta0=5e-4", "--base_hps.b0=8388608", "--base_hps.warmup_tokens0=25_165_824_000",
+                          "--ctx_len", "8192", "--max_tokens", "5e12", "--resume=auto", "--fsdp_save_mem=true"]).resolve()
+    assert opts.base_hps.eta0 == 5e-4 and opts.base_hps.b0 == 8388608 and opts.base_hps.warmup_tokens0 == 25_165_824_000
+    assert (opts.parameterization, opts.tied_embeddings, opts.rope_base, opts.varlen, opts.label_smoothing,
+            opts.schedule, opts.resume, opts.fsdp_save_mem) == ("mup++", True, 640_000, True, 0.1, "wsd", "auto", True)
+    explicit = parse_options(["--train_name", "scaling_mup", "--parameterization", "sp", "--schedule", "cosine"]).resolve()
+    assert explicit.parameterization == "sp" and explicit.schedule == "cosine"
+    assert parse_options(["--train_name", "x_ori_mup"]).resolve().parameterization == "mup"
+    assert parse_options(["--train_name", "tools"]).resolve().label_smoothing == 0.0  # 'ls' is a token, not a substring
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("train_model: sambay\ndepth: 8\nbase_hps:\n  eta0: 0.001\n")
+    from_yaml = parse_options(["--config", str(cfg), "--depth", "12"])
+    assert (from_yaml.train_model, from_yaml.depth, from_yaml.base_hps.eta0) == ("sambay", 12, 0.001)
+
+
+def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "pretrain.py"), *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case", ["unknown_model", "missing_data", "ctx_too_long", "vocab_too_small", "bad_yaml",
+                                  "yoco_depth", "resume_mismatch", "unwritable_out"])
+def test_bad_input_gives_one_line_error(case, builtin_data, tmp_path, capsys):
+    base = TINY + ["--train_data_dir", builtin_data, "--out_dir", str(tmp_path / "out"), "--max_steps", "2"]
+    protected = None
+    if case == "unknown_model":
+        args = base + ["--train_model", "gpt9"]
+        expect = "valid:"
+    elif case == "missing_data":
+        args = TINY + ["--train_data_dir", str(tmp_path / "nope"), "--out_dir", str(tmp_path / "out")]
+        expect = "nope"
+    elif case == "ctx_too_long":
+        args = base + ["--ctx_len", "10000000", "--micro_bsz", "1", "--total_bsz", "10000000"]
+        expect = "ctx"
+    elif case == "vocab_too_small":
+        args = base + ["--vocab_size", "64"]
+        expect = "vocab"
+    elif case == "bad_yaml":
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("train_model: [unclosed\n")
+        args = ["--config", str(bad)]
+        expect = ""
+    elif case == "yoco_depth":
+        args = base + ["--train_model", "sambay", "--depth", "6"]
+        expect = "divisible by 4"
+    elif case == "resume_mismatch":
+        run = tmp_path / "out"
+        assert main(base + ["--save_step", "2", "--eval_step", "100", "--log_step", "1"]) == 0
+        protected = tree_digest(run / "checkpoints")
+        args = base + ["--depth", "4", "--resume", "auto"]
+        expect = "depth"
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        args = TINY + ["--train_data_dir", builtin_data, "--out_dir", str(ro / "sub")]
+        expect = "out_dir"
+        if os.geteuid() == 0:  # root ignores permission bits: use a path below a regular file instead
+            blocker = tmp_path / "file"
+            blocker.write_text("x")
+            args = TINY + ["--train_data_dir", builtin_data, "--out_dir", str(blocker / "sub")]
+    res = run_cli(args, tmp_path)
+    rc, err = res.returncode, res.stderr
+    assert rc != 0
+    assert "Traceback" not in err
+    assert expect.lower() in err.lower(), err
+    assert [line for line in err.splitlines() if line.startswith("error:")], err
+    if protected is not None:
+        assert tree_digest(tmp_path / "out" / "checkpoints") == protected
