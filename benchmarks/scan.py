@@ -162,11 +162,12 @@ def sweep(device, shapes, n, dtype):
     from lit_gpt.kernels import selective_scan_triton as st
 
     default = dict(st.CONFIG)
-    tiles = [(32, 1), (64, 2), (128, 4), (64, 1), (128, 2)]
+    tiles = [(32, 1), (64, 2), (128, 4)]  # (BLOCK_D, warps): one channel per lane
     stages = [
-        ("fwd", [dict(FWD_BLOCK_T=bt, FWD_BLOCK_D=bd, FWD_WARPS=w) for bt in (1, 2, 4) for bd, w in tiles]),
-        ("bwd", [dict(BWD_BLOCK_T=bt, BWD_BLOCK_D=bd, BWD_WARPS=w) for bt in (1, 2, 4) for bd, w in tiles[:4]]),
-        ("bwd", [dict(SEGMENTS=sg) for sg in (1, 2, 4, 8, 16)] + [dict(CKPT_STEPS=c) for c in (32, 128)]),
+        ("fwd", [dict(FWD_BLOCK_T=bt, FWD_BLOCK_D=bd, FWD_WARPS=w) for bt in (1, 2, 4) for bd, w in tiles[:3]]),
+        ("bwd", [dict(BWD_BLOCK_T=bt, BWD_BLOCK_D=bd, BWD_WARPS=w) for bt in (1, 2) for bd, w in tiles[:2]]),
+        ("bwd", [dict(SEGMENTS=sg) for sg in (0, 1, 2, 4, 8)]),
+        ("bwd", [dict(CKPT_STEPS=c) for c in (32, 64, 128)]),
     ]
     out = []
     for tokens, d, T in shapes:
@@ -226,6 +227,7 @@ def main(argv=None):
     p.add_argument("--reset", action="store_true", help="also pass a reset mask (document starts)")
     p.add_argument("--peak-bw", type=float, default=3.0e12, help="reference bandwidth in bytes/s")
     p.add_argument("--sweep", action="store_true", help="also sweep Triton launch configurations")
+    p.add_argument("--sweep-only", action="store_true", help="only the parity check and the sweep")
     p.add_argument("--max-chunked-tokens", type=int, default=1 << 30,
                    help="skip the chunked path above this many tokens (it is slow)")
     args = p.parse_args(argv)
@@ -274,6 +276,8 @@ def main(argv=None):
 
     # 2) timing
     rows = []
+    if args.sweep_only:
+        args.sweep, dims, tokens = True, [], []
     elt = torch.finfo(dtype).bits // 8
     for d in dims:
         for tok in tokens:
@@ -334,6 +338,8 @@ def main(argv=None):
     result = {"env": env, "parity": par, "rows": rows}
     if args.sweep and "triton" in impls:
         shapes = [(512, 64, T)] if args.small else [(8192, 2048, T), (32768, 4096, T)]
+        if args.tokens and args.d_inner:
+            shapes = [(int(tk), int(dd), T) for tk in args.tokens.split(",") for dd in args.d_inner.split(",")]
         result["sweep"] = sweep(device, shapes, n, dtype)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
