@@ -3,7 +3,8 @@
 ``linear_cross_entropy(hidden, weight, targets)`` equals ``F.cross_entropy(hidden @ weight.T, targets)``.
 The chunked path walks the tokens in chunks, computes each chunk's logits in fp32, and produces the gradients
 for ``hidden`` and ``weight`` in the same pass, so peak memory is one chunk's logits instead of N × vocab.
-liger-kernel's fused kernel is used on CUDA when it is installed.
+liger-kernel's fused kernel is used on CUDA when it is installed. ``fused`` (kernels/fused_ops.py) is the chunked
+path with bf16 GEMMs and one compiled elementwise pass per chunk (``LITSCALE_CE_IMPL=fused``).
 """
 
 from __future__ import annotations
@@ -76,7 +77,10 @@ def choose_impl(n_tokens: int, vocab: int, device: torch.device) -> str:
         return forced
     if device.type == "cuda" and _liger_available():
         return "liger"
-    return "dense" if n_tokens * vocab <= DENSE_LIMIT else "chunked"
+    if n_tokens * vocab <= DENSE_LIMIT:
+        return "dense"
+    # CUDA: the chunked path's weight gradient is an fp32 GEMM (no tensor cores); "fused" runs it in bf16
+    return "fused" if device.type == "cuda" else "chunked"
 
 
 def per_token_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
@@ -112,8 +116,12 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         dtype = _compute_dtype(hidden)
         loss_fn = LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
         return loss_fn(weight.to(dtype), hidden.to(dtype), targets).float()
+    if impl == "fused":
+        from lit_gpt.kernels.fused_ops import fused_linear_cross_entropy
+
+        return fused_linear_cross_entropy(hidden, weight, targets, label_smoothing=label_smoothing)
     if impl != "chunked":
-        raise ValueError(f"cross-entropy impl {impl!r} must be dense, chunked or liger")
+        raise ValueError(f"cross-entropy impl {impl!r} must be dense, chunked, fused or liger")
     dtype = _compute_dtype(hidden)
     with torch.autocast(hidden.device.type, enabled=False):
         return ChunkedLinearCrossEntropy.apply(hidden, weight, targets, float(label_smoothing), chunk_size, dtype)
