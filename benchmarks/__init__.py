@@ -1,0 +1,1 @@
+"""Benchmarks: training-step throughput (ours vs the HF Llama peer), GPU suite, kernel timings."""
