@@ -1,0 +1,455 @@
+"""Sweeps: many short trainings along one axis, each through the normal ``pretrain.py`` code path.
+
+    python -m lit_gpt.sweep lr --train_model transformer --depths 2 4 8 --lrs 1e-3 2e-3 4e-3 8e-3 1.6e-2 \\
+        --train_name scaling_mup --ar 16 --max_steps 40 --out_dir out/sweep_lr -- --base_hps.d0 4
+    python -m lit_gpt.sweep depth --train_model transformer sambay --depths 4 8 12 16 --train_name scaling_mup
+    python -m lit_gpt.sweep lr ... --dry_run               # print the commands, run nothing
+    python -m lit_gpt.sweep lr ... --script sweep.sh       # write them to a script for a cluster
+    python -m lit_gpt.sweep lr ... --collect_only          # tables and figures from finished run folders
+
+Every run is ``[launcher] pretrain.py <flags> --out_dir ROOT/<name>``; flags this module does not know
+(e.g. ``--base_hps.d0 4``, ``--eval_iters 4``) are passed to every run unchanged. A sweep can be started
+again at any time: runs whose ``run.json`` says finished are skipped; interrupted ones restart from scratch
+(their folder is moved to ``ROOT/.trash/``), or continue from their last checkpoint with ``--resume auto``.
+
+Axes live in a registry (``AXES``); an axis says which runs it needs (``points``) and what to make of their
+results (``analyze``). To add one, write those two functions and call ``register_axis`` (see ``lr`` and
+``depth`` below for the pattern).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_PRETRAIN = os.path.join(REPO_ROOT, "pretrain.py")
+FORWARDED = ("ar", "ctx_len", "micro_bsz", "total_bsz", "max_steps", "max_tokens")  # common flags given to every run
+
+
+@dataclass
+class Point:
+    """One run of a sweep: its folder name under the sweep root, its pretrain flags, and its axis values."""
+
+    name: str
+    flags: list[str]
+    labels: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Axis:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    points: Callable[[argparse.Namespace], list[Point]]
+    analyze: Callable[[argparse.Namespace, list[Point]], int]
+
+
+AXES: dict[str, Axis] = {}
+
+
+def register_axis(axis: Axis) -> Axis:
+    if axis.name in AXES:
+        raise ValueError(f"sweep axis {axis.name!r} is already registered")
+    AXES[axis.name] = axis
+    return axis
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def default_ctx_len() -> int:
+    from lit_gpt.training.options import RunOptions
+
+    return RunOptions.ctx_len
+
+
+def ctx_of(args: argparse.Namespace) -> int:
+    return args.ctx_len if args.ctx_len is not None else default_ctx_len()
+
+
+def common_flags(args: argparse.Namespace) -> list[str]:
+    flags: list[str] = []
+    for name in FORWARDED:
+        value = getattr(args, name, None)
+        if value is not None:
+            flags += [f"--{name}", f"{value:g}" if isinstance(value, float) else str(value)]
+    return flags
+
+
+def fmt_lr(lr: float) -> str:
+    return f"{lr:g}"
+
+
+def run_dir(args: argparse.Namespace, point: Point) -> str:
+    return os.path.join(args.out_dir, point.name)
+
+
+def load_point(args: argparse.Namespace, point: Point):
+    from lit_gpt.runs import load_run
+
+    return load_run(run_dir(args, point))
+
+
+def build_command(args: argparse.Namespace, point: Point, resume: bool = False) -> list[str]:
+    launcher = shlex.split(args.launcher) if args.launcher else [args.python]
+    cmd = launcher + [args.pretrain] + point.flags + common_flags(args) + list(args.extra)
+    cmd += ["--out_dir", run_dir(args, point)]
+    if resume:
+        cmd += ["--resume", "auto"]
+    return cmd
+
+
+def plan_actions(args: argparse.Namespace, points: list[Point]) -> list[tuple[Point, str]]:
+    """(point, action) with action in: skip (finished), busy (running elsewhere), resume, restart, new."""
+    actions = []
+    for p in points:
+        path = run_dir(args, p)
+        if not os.path.exists(path):
+            actions.append((p, "new"))
+            continue
+        rec = load_point(args, p)
+        if rec.status == "finished" and rec.final_val_loss is not None:
+            actions.append((p, "skip"))
+        elif rec.status == "running":
+            actions.append((p, "busy"))
+        elif args.resume == "auto" and rec.status != "broken":
+            actions.append((p, "resume"))
+        else:
+            actions.append((p, "restart"))
+    return actions
+
+
+def move_aside(args: argparse.Namespace, point: Point) -> str:
+    trash = os.path.join(args.out_dir, ".trash")
+    os.makedirs(trash, exist_ok=True)
+    target = os.path.join(trash, f"{point.name}.{time.strftime('%Y%m%d-%H%M%S')}")
+    shutil.move(run_dir(args, point), target)
+    return target
+
+
+def collect_command(args: argparse.Namespace) -> list[str]:
+    argv = [a for a in args.argv if a not in ("--dry_run", "--print_only", "--collect_only")]
+    if "--script" in argv:
+        i = argv.index("--script")
+        del argv[i:i + 2]
+    axis_at = argv.index(args.axis)  # flags after "--" belong to pretrain.py: put ours before them
+    return [args.python, "-m", "lit_gpt.sweep"] + argv[:axis_at + 1] + ["--collect_only"] + argv[axis_at + 1:]
+
+
+def write_script(args: argparse.Namespace, todo: list[tuple[Point, str]]) -> None:
+    lines = ["#!/usr/bin/env bash", f"# {len(todo)} runs of `python -m lit_gpt.sweep {args.axis}`; "
+             "rerun the sweep command to skip finished runs", f"cd {shlex.quote(REPO_ROOT)}",
+             f"mkdir -p {shlex.quote(os.path.join(args.out_dir, 'logs'))}"]
+    for p, action in todo:
+        log = os.path.join(args.out_dir, "logs", f"{p.name}.log")
+        cmd = shlex.join(build_command(args, p, resume=action == "resume"))
+        lines.append(f"{cmd} > {shlex.quote(log)} 2>&1 || echo 'run failed: {p.name} (see {log})'")
+    lines.append(shlex.join(collect_command(args)))
+    with open(args.script, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.chmod(args.script, 0o755)
+    print(f"wrote {args.script} ({len(todo)} runs)")
+
+
+def execute(args: argparse.Namespace, todo: list[tuple[Point, str]]) -> int:
+    """Run the points (``--jobs`` at a time); returns the number of failed runs."""
+    logs = os.path.join(args.out_dir, "logs")
+    os.makedirs(logs, exist_ok=True)
+    queue = list(todo)
+    running: list[tuple[subprocess.Popen, Point, float, Any]] = []
+    failed = 0
+    slot = 0
+    while queue or running:
+        while queue and len(running) < args.jobs:
+            p, action = queue.pop(0)
+            if action == "restart":
+                print(f"[sweep] {p.name}: unfinished run moved to {move_aside(args, p)}; starting again", flush=True)
+            env = dict(os.environ)
+            if args.gpus:
+                env["CUDA_VISIBLE_DEVICES"] = str(args.gpus[slot % len(args.gpus)])
+            slot += 1
+            cmd = build_command(args, p, resume=action == "resume")
+            log = open(os.path.join(logs, f"{p.name}.log"), "a")
+            log.write(f"$ {shlex.join(cmd)}\n")
+            log.flush()
+            print(f"[sweep] start {p.name} ({action})", flush=True)
+            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT),
+                            p, time.time(), log))
+        time.sleep(0.5)
+        for item in list(running):
+            proc, p, t0, log = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            log.close()
+            rec = load_point(args, p)
+            ok = proc.returncode == 0 and rec.status == "finished"
+            failed += not ok
+            loss = f"val loss {rec.final_val_loss:.4f}" if rec.final_val_loss is not None else "no val loss"
+            print(f"[sweep] {'done' if ok else 'FAILED'} {p.name} in {time.time() - t0:.0f} s: {loss}"
+                  + ("" if ok else f" (exit {proc.returncode}; log {logs}/{p.name}.log)"), flush=True)
+            if ok and args.drop_checkpoints:
+                shutil.rmtree(os.path.join(run_dir(args, p), "checkpoints"), ignore_errors=True)
+    return failed
+
+
+def write_csv(path: str, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def fmt_loss(v: Optional[float]) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.4f}" if math.isfinite(v) else "div"
+
+
+def run_plot_script(script: str, argv: list[str]) -> bool:
+    """Call ``plots/<script>.py``'s main (the plot helpers own the figures); False when unavailable."""
+    plots = os.path.join(REPO_ROOT, "plots")
+    if not os.path.exists(os.path.join(plots, f"{script}.py")):
+        print(f"[sweep] plots/{script}.py not found: no figure", file=sys.stderr)
+        return False
+    if plots not in sys.path:
+        sys.path.insert(0, plots)
+    import importlib
+
+    module = importlib.import_module(script)
+    return module.main(argv) == 0
+
+
+def point_rows(args: argparse.Namespace, points: list[Point]) -> list[dict[str, Any]]:
+    rows = []
+    for p in points:
+        rec = load_point(args, p)
+        cfg = rec.info.get("config", {}) if rec.info else {}
+        row = dict(p.labels)
+        row.update(parameterization=rec.parameterization, width=cfg.get("n_embd"), n_params=rec.n_params,
+                   n_params_non_embedding=rec.n_params_non_embedding, peak_lr=rec.lr, tokens=rec.tokens,
+                   flops=rec.flops, final_val_loss=rec.final_val_loss, status=rec.status,
+                   path=run_dir(args, p))
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ axis: lr
+def lr_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--lrs", type=float, nargs="+", required=True, help="base learning rates eta0 to try")
+
+
+def lr_points(args: argparse.Namespace) -> list[Point]:
+    T = ctx_of(args)
+    points = []
+    for train_name in args.train_name:
+        for arch in args.train_model:
+            for depth in args.depths:
+                for lr in sorted(args.lrs):
+                    name = f"{train_name}_lr{fmt_lr(lr)}_{arch}_d{depth}_ctx{T}"
+                    flags = ["--train_model", arch, "--depth", str(depth), "--train_name", train_name,
+                             "--base_hps.eta0", fmt_lr(lr)]
+                    points.append(Point(name, flags, dict(train_name=train_name, arch=arch, depth=depth, eta0=lr)))
+    return points
+
+
+def lr_analyze(args: argparse.Namespace, points: list[Point]) -> int:
+    rows = point_rows(args, points)
+    root = args.out_dir
+    write_csv(os.path.join(root, "lr_sweep.csv"), rows)
+    lrs = sorted(set(args.lrs))
+    md = [f"# LR sweep ({', '.join(args.train_model)}; depths {', '.join(map(str, args.depths))})", "",
+          "Final validation loss per base learning rate eta0; **bold** = each depth's optimum; "
+          "div = non-finite loss; — = no finished run.", ""]
+    verdicts = []
+    for train_name in args.train_name:
+        for arch in args.train_model:
+            sub = [r for r in rows if r["train_name"] == train_name and r["arch"] == arch]
+            if not sub:
+                continue
+            param = next((r["parameterization"] for r in sub if r["parameterization"]), "?")
+            md += [f"## {arch}, {train_name} ({param})", "",
+                   "| depth | width | " + " | ".join(f"{lr:g}" for lr in lrs) + " | best eta0 |",
+                   "|---|---|" + "---|" * len(lrs) + "---|"]
+            best_idx = {}
+            for depth in args.depths:
+                cells = {r["eta0"]: r for r in sub if r["depth"] == depth}
+                vals = [cells[lr]["final_val_loss"] if lr in cells and cells[lr]["status"] == "finished" else None
+                        for lr in lrs]
+                finite = [(v, i) for i, v in enumerate(vals) if v is not None and math.isfinite(v)]
+                best = min(finite)[1] if finite else None
+                if best is not None:
+                    best_idx[depth] = best
+                width = next((r["width"] for r in cells.values() if r["width"]), "")
+                text = [(f"**{fmt_loss(v)}**" if i == best else fmt_loss(v)) for i, v in enumerate(vals)]
+                md.append(f"| {depth} | {width} | " + " | ".join(text) + f" | {lrs[best]:g} |" if best is not None
+                          else f"| {depth} | {width} | " + " | ".join(text) + " | — |")
+            if len(best_idx) >= 2:
+                spread = max(best_idx.values()) - min(best_idx.values())
+                edge = [d for d, i in best_idx.items() if i in (0, len(lrs) - 1)]
+                verdict = (f"{arch} {train_name} ({param}): optimum eta0 moves by {spread} grid step(s) across depths "
+                           f"{min(best_idx)}–{max(best_idx)}" + (f"; at the grid edge for d{edge}" if edge else ""))
+                verdicts.append(verdict)
+                md += ["", verdict]
+            md.append("")
+    with open(os.path.join(root, "lr_sweep.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    for v in verdicts:
+        print(v)
+    dirs = [r["path"] for r in rows if r["status"] == "finished"]
+    if dirs:
+        title = f"LR transfer: {', '.join(args.train_model)}, ar {args.ar or 'default'}"
+        run_plot_script("plot_lr_transfer", ["--runs", *dirs, "--out", os.path.join(root, "lr_transfer.png"),
+                                             "--title", title])
+    print(f"wrote {root}/lr_sweep.csv, {root}/lr_sweep.md" + (f", {root}/lr_transfer.png" if dirs else ""))
+    return 0
+
+
+register_axis(Axis("lr", "base learning rate eta0 x depth (μP transfer check)", lr_arguments, lr_points, lr_analyze))
+
+
+# ------------------------------------------------------------------------------------------------ axis: depth
+def depth_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--lr", type=float, default=None, help="base learning rate eta0 (default: BaseHyperparameters)")
+
+
+def depth_points(args: argparse.Namespace) -> list[Point]:
+    T = ctx_of(args)
+    points = []
+    for train_name in args.train_name:
+        for arch in args.train_model:
+            for depth in args.depths:
+                name = f"{train_name}_{arch}_d{depth}_ctx{T}"
+                flags = ["--train_model", arch, "--depth", str(depth), "--train_name", train_name]
+                if args.lr is not None:
+                    flags += ["--base_hps.eta0", fmt_lr(args.lr)]
+                points.append(Point(name, flags, dict(train_name=train_name, arch=arch, depth=depth)))
+    return points
+
+
+def depth_analyze(args: argparse.Namespace, points: list[Point]) -> int:
+    rows = point_rows(args, points)
+    root = args.out_dir
+    write_csv(os.path.join(root, "depth_sweep.csv"), rows)
+    md = ["# Depth sweep", "", "| train_name | arch | depth | width | params (non-emb) | tokens | FLOPs | val loss |",
+          "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        md.append(f"| {r['train_name']} | {r['arch']} | {r['depth']} | {r['width'] or ''} | "
+                  f"{(r['n_params_non_embedding'] or 0) / 1e6:.2f}M | {r['tokens'] or 0:.3g} | "
+                  f"{r['flops'] or 0:.3g} | {fmt_loss(r['final_val_loss'])} |")
+    with open(os.path.join(root, "depth_sweep.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    dirs = [r["path"] for r in rows if r["status"] == "finished"]
+    if len({(r["arch"], r["depth"]) for r in rows if r["status"] == "finished"}) >= 3:
+        run_plot_script("plot_flops_scaling", ["--runs", *dirs, "--out", os.path.join(root, "depth_scaling.png")])
+    print(f"wrote {root}/depth_sweep.csv, {root}/depth_sweep.md")
+    return 0
+
+
+register_axis(Axis("depth", "depth x architecture at fixed base HPs (scaling study)", depth_arguments, depth_points,
+                   depth_analyze))
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def add_common(ap: argparse.ArgumentParser, axis: str) -> None:
+    ap.add_argument("--train_model", nargs="+", default=["transformer"], help="architecture(s)")
+    ap.add_argument("--train_name", nargs="+", default=["scaling_mup"],
+                    help="train_name(s); each is one parameterization (SPEC §3), e.g. scaling scaling_mup")
+    ap.add_argument("--depths", type=int, nargs="+", required=True)
+    ap.add_argument("--ar", type=int, default=None, help="aspect ratio (width = ar x depth)")
+    ap.add_argument("--ctx_len", type=int, default=None)
+    ap.add_argument("--micro_bsz", type=int, default=None)
+    ap.add_argument("--total_bsz", type=int, default=None)
+    ap.add_argument("--max_steps", type=int, default=None)
+    ap.add_argument("--max_tokens", type=float, default=None)
+    ap.add_argument("--out_dir", default=None, help=f"sweep root (default out/sweep_{axis})")
+    ap.add_argument("--launcher", default=None,
+                    help='prefix instead of the Python interpreter, e.g. "torchrun --nproc_per_node=8"')
+    ap.add_argument("--python", default=sys.executable, help="interpreter for pretrain.py (without --launcher)")
+    ap.add_argument("--pretrain", default=DEFAULT_PRETRAIN, help="path of pretrain.py")
+    ap.add_argument("--resume", choices=("none", "auto"), default="none",
+                    help="interrupted runs: restart from scratch (none) or continue from their last checkpoint")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at the same time")
+    ap.add_argument("--gpus", nargs="+", default=None, help="CUDA_VISIBLE_DEVICES of successive jobs, round robin")
+    ap.add_argument("--dry_run", "--print_only", dest="print_only", action="store_true",
+                    help="print the commands (and what would be skipped) and exit")
+    ap.add_argument("--script", default=None, help="write the commands to this bash script and exit")
+    ap.add_argument("--collect_only", action="store_true", help="only build the tables and figures")
+    ap.add_argument("--drop_checkpoints", action="store_true", help="delete a run's checkpoints once it finished")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m lit_gpt.sweep", description=__doc__.split("\n\n")[0],
+                                 epilog="Unknown flags (e.g. --base_hps.d0 4) are passed to every pretrain.py run.")
+    sub = ap.add_subparsers(dest="axis", required=True, metavar="AXIS")
+    for axis in AXES.values():
+        p = sub.add_parser(axis.name, help=axis.help)
+        add_common(p, axis.name)
+        axis.add_arguments(p)
+    return ap
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    original = list(argv)
+    if "--" in argv:  # everything after "--" goes to pretrain.py verbatim
+        i = argv.index("--")
+        argv, tail = argv[:i], argv[i + 1:]
+    else:
+        tail = []
+    args, unknown = build_parser().parse_known_args(argv)
+    args.extra = unknown + tail
+    args.argv = original
+    if args.out_dir is None:
+        args.out_dir = os.path.join("out", f"sweep_{args.axis}")
+    args.out_dir = os.path.abspath(args.out_dir)
+    args.pretrain = os.path.abspath(args.pretrain)
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    axis = AXES[args.axis]
+    points = axis.points(args)
+    names = [p.name for p in points]
+    if len(set(names)) != len(names):
+        print("error: two runs of this sweep would share a folder; check for repeated values", file=sys.stderr)
+        return 2
+    if args.collect_only:
+        return axis.analyze(args, points)
+    actions = plan_actions(args, points)
+    todo = [(p, a) for p, a in actions if a not in ("skip", "busy")]
+    for p, a in actions:
+        if a in ("skip", "busy"):
+            print(f"[sweep] {p.name}: {'finished, skipped' if a == 'skip' else 'running elsewhere, skipped'}")
+    if args.print_only:
+        for p, a in todo:
+            print(("# restart (folder moved to .trash first)\n" if a == "restart" else "")
+                  + shlex.join(build_command(args, p, resume=a == "resume")))
+        print(f"# {len(todo)} to run, {len(points) - len(todo)} skipped; then: {shlex.join(collect_command(args))}")
+        return 0
+    if args.script:
+        write_script(args, todo)
+        return 0
+    os.makedirs(args.out_dir, exist_ok=True)
+    t0 = time.time()
+    failed = execute(args, todo)
+    print(f"[sweep] {len(todo) - failed}/{len(todo)} runs finished in {time.time() - t0:.0f} s "
+          f"({len(points) - len(todo)} skipped)")
+    axis.analyze(args, points)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
