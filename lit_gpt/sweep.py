@@ -3,6 +3,8 @@
     python -m lit_gpt.sweep lr --train_model transformer --depths 2 4 8 --lrs 1e-3 2e-3 4e-3 8e-3 1.6e-2 \\
         --train_name scaling_mup --ar 16 --max_steps 40 --out_dir out/sweep_lr -- --base_hps.d0 4
     python -m lit_gpt.sweep depth --train_model transformer sambay --depths 4 8 12 16 --train_name scaling_mup
+    python -m lit_gpt.sweep tokens --depths 4 8 --max_tokens 1e9 2e9 4e9     # or --chinchilla 0.5 1 2 (x t0*N/n0)
+    python -m lit_gpt.sweep batch --depths 4 8 --total_bsz 524288 1048576 2097152 --max_tokens 2e9
     python -m lit_gpt.sweep lr ... --dry_run               # print the commands, run nothing
     python -m lit_gpt.sweep lr ... --script sweep.sh       # write them to a script for a cluster
     python -m lit_gpt.sweep lr ... --collect_only          # tables and figures from finished run folders
@@ -52,6 +54,7 @@ class Axis:
     add_arguments: Callable[[argparse.ArgumentParser], None]
     points: Callable[[argparse.Namespace], list[Point]]
     analyze: Callable[[argparse.Namespace, list[Point]], int]
+    owns: tuple[str, ...] = ()  # common flags the axis defines itself (e.g. tokens: --max_tokens as a list)
 
 
 AXES: dict[str, Axis] = {}
@@ -361,6 +364,171 @@ register_axis(Axis("depth", "depth x architecture at fixed base HPs (scaling stu
                    depth_analyze))
 
 
+# ------------------------------------------------------------------------------------------------ axes: tokens, batch
+def fmt_count(value: float) -> str:
+    """Token counts in folder names: 40960 -> 40960, 2e9 -> 2e9 (no '+', no trailing zeros)."""
+    if value == int(value) and abs(value) < 1e7:
+        return str(int(value))
+    return f"{value:.4g}".replace("e+0", "e").replace("e+", "e")
+
+
+def pop_extra(args: argparse.Namespace, flag: str) -> Optional[str]:
+    """Remove ``flag VALUE`` / ``flag=VALUE`` from the pass-through flags and return the (last) value."""
+    value, kept, i = None, [], 0
+    while i < len(args.extra):
+        a = args.extra[i]
+        if a == flag and i + 1 < len(args.extra):
+            value, i = args.extra[i + 1], i + 2
+            continue
+        if a.startswith(flag + "="):
+            value = a.split("=", 1)[1]
+        else:
+            kept.append(a)
+        i += 1
+    args.extra = kept
+    return value
+
+
+def tokens_arguments(ap: argparse.ArgumentParser) -> None:
+    g = ap.add_mutually_exclusive_group(required=True)
+    g.add_argument("--max_tokens", dest="token_budgets", type=float, nargs="+",
+                   help="absolute training-token budgets, the same for every model")
+    g.add_argument("--chinchilla", dest="chinchilla", type=float, nargs="+",
+                   help="multiples of each model's own budget t0*N/n0 (passed as --base_hps.t0 m*t0)")
+    ap.add_argument("--lr", type=float, default=None, help="base learning rate eta0 (default: BaseHyperparameters)")
+
+
+def tokens_points(args: argparse.Namespace) -> list[Point]:
+    T = ctx_of(args)
+    if args.chinchilla:
+        if not hasattr(args, "base_t0"):  # points() may be called twice; the flag is consumed once
+            given = pop_extra(args, "--base_hps.t0")
+            if given is None:
+                from lit_gpt.scaling import BaseHyperparameters
+
+                args.base_t0 = float(BaseHyperparameters.t0)
+            else:
+                args.base_t0 = float(given)
+        budgets = [("chin" + f"{m:g}x", ["--base_hps.t0", f"{m * args.base_t0:g}"], dict(chinchilla=m))
+                   for m in sorted(args.chinchilla)]
+    else:
+        budgets = [("tok" + fmt_count(t), ["--max_tokens", f"{t:g}"], dict(max_tokens=t))
+                   for t in sorted(args.token_budgets)]
+    points = []
+    for train_name in args.train_name:
+        for arch in args.train_model:
+            for depth in args.depths:
+                for tag, budget_flags, label in budgets:
+                    flags = ["--train_model", arch, "--depth", str(depth), "--train_name", train_name] + budget_flags
+                    if args.lr is not None:
+                        flags += ["--base_hps.eta0", fmt_lr(args.lr)]
+                    points.append(Point(f"{train_name}_{tag}_{arch}_d{depth}_ctx{T}", flags,
+                                        dict(train_name=train_name, arch=arch, depth=depth, **label)))
+    return points
+
+
+def grid_table(args: argparse.Namespace, rows: list[dict[str, Any]], key: str, values: list, heading: str,
+               fmt: Callable[[Any], str], lower_is_better: str) -> tuple[list[str], list[str]]:
+    """Markdown: one table per (train_name, arch); a row per depth, a column per axis value; best in bold."""
+    md, verdicts = [], []
+    for train_name in args.train_name:
+        for arch in args.train_model:
+            sub = [r for r in rows if r["train_name"] == train_name and r["arch"] == arch]
+            if not sub:
+                continue
+            param = next((r["parameterization"] for r in sub if r["parameterization"]), "?")
+            md += [f"## {arch}, {train_name} ({param})", "",
+                   f"| depth | width | " + " | ".join(fmt(v) for v in values) + f" | {heading} |",
+                   "|---|---|" + "---|" * len(values) + "---|"]
+            for depth in args.depths:
+                cells = {r[key]: r for r in sub if r["depth"] == depth}
+                vals = [cells[v]["final_val_loss"] if v in cells and cells[v]["status"] == "finished" else None
+                        for v in values]
+                finite = [(x, i) for i, x in enumerate(vals) if x is not None and math.isfinite(x)]
+                best = min(finite)[1] if finite else None
+                width = next((r["width"] for r in cells.values() if r["width"]), "")
+                text = [(f"**{fmt_loss(x)}**" if i == best else fmt_loss(x)) for i, x in enumerate(vals)]
+                md.append(f"| {depth} | {width} | " + " | ".join(text) + " | "
+                          + (fmt(values[best]) if best is not None else "—") + " |")
+                if best is not None and lower_is_better and len(finite) >= 2:
+                    ordered = [x for x in vals if x is not None and math.isfinite(x)]
+                    if any(b > a for a, b in zip(ordered, ordered[1:])):
+                        verdicts.append(f"{arch} {train_name} d{depth}: loss does not fall monotonically with "
+                                        f"{lower_is_better}")
+            md.append("")
+    return md, verdicts
+
+
+def tokens_analyze(args: argparse.Namespace, points: list[Point]) -> int:
+    rows = point_rows(args, points)
+    root = args.out_dir
+    key = "chinchilla" if args.chinchilla else "max_tokens"
+    values = sorted(args.chinchilla or args.token_budgets)
+    write_csv(os.path.join(root, "tokens_sweep.csv"), rows)
+    fmt = (lambda v: f"{v:g}× Chinchilla") if args.chinchilla else (lambda v: f"{v:.3g} tok")
+    md, verdicts = grid_table(args, rows, key, values, "best", fmt, "more tokens")
+    md = [f"# Token-budget sweep ({', '.join(args.train_model)}; depths {', '.join(map(str, args.depths))})", "",
+          "Final validation loss per training-token budget; **bold** = lowest; div = non-finite; "
+          "— = no finished run.", ""] + md + verdicts
+    with open(os.path.join(root, "tokens_sweep.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    for v in verdicts:
+        print(v)
+    dirs = [r["path"] for r in rows if r["status"] == "finished"]
+    if dirs:
+        run_plot_script("plot_data_scaling", ["--runs", *dirs, "--out", os.path.join(root, "data_scaling.png")])
+    print(f"wrote {root}/tokens_sweep.csv, {root}/tokens_sweep.md")
+    return 0
+
+
+register_axis(Axis("tokens", "training-token budget x depth (data scaling)", tokens_arguments, tokens_points,
+                   tokens_analyze, owns=("max_tokens",)))
+
+
+def batch_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--total_bsz", dest="batch_sizes", type=int, nargs="+", required=True,
+                    help="global batch sizes in tokens (rounded down to a multiple of devices*micro_bsz*ctx_len; "
+                         "the peak LR follows sqrt(b/b0))")
+    ap.add_argument("--lr", type=float, default=None, help="base learning rate eta0 (default: BaseHyperparameters)")
+
+
+def batch_points(args: argparse.Namespace) -> list[Point]:
+    T = ctx_of(args)
+    points = []
+    for train_name in args.train_name:
+        for arch in args.train_model:
+            for depth in args.depths:
+                for b in sorted(args.batch_sizes):
+                    flags = ["--train_model", arch, "--depth", str(depth), "--train_name", train_name,
+                             "--total_bsz", str(b)]
+                    if args.lr is not None:
+                        flags += ["--base_hps.eta0", fmt_lr(args.lr)]
+                    points.append(Point(f"{train_name}_bsz{b}_{arch}_d{depth}_ctx{T}", flags,
+                                        dict(train_name=train_name, arch=arch, depth=depth, total_bsz=b)))
+    return points
+
+
+def batch_analyze(args: argparse.Namespace, points: list[Point]) -> int:
+    rows = point_rows(args, points)
+    root = args.out_dir
+    write_csv(os.path.join(root, "batch_sweep.csv"), rows)
+    md, _ = grid_table(args, rows, "total_bsz", sorted(args.batch_sizes), "best batch", lambda v: f"{v}", "")
+    md = [f"# Batch-size sweep ({', '.join(args.train_model)}; depths {', '.join(map(str, args.depths))})", "",
+          "Final validation loss per global batch (tokens) at the same token budget; **bold** = lowest; "
+          "— = no finished run.", ""] + md
+    with open(os.path.join(root, "batch_sweep.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    dirs = [r["path"] for r in rows if r["status"] == "finished"]
+    if dirs:
+        run_plot_script("plot_training_curves", ["--runs", *dirs, "--out", os.path.join(root, "batch_curves.png")])
+    print(f"wrote {root}/batch_sweep.csv, {root}/batch_sweep.md")
+    return 0
+
+
+register_axis(Axis("batch", "global batch size x depth at a fixed token budget", batch_arguments, batch_points,
+                   batch_analyze, owns=("total_bsz",)))
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 def add_common(ap: argparse.ArgumentParser, axis: str) -> None:
     ap.add_argument("--train_model", nargs="+", default=["transformer"], help="architecture(s)")
@@ -370,9 +538,12 @@ def add_common(ap: argparse.ArgumentParser, axis: str) -> None:
     ap.add_argument("--ar", type=int, default=None, help="aspect ratio (width = ar x depth)")
     ap.add_argument("--ctx_len", type=int, default=None)
     ap.add_argument("--micro_bsz", type=int, default=None)
-    ap.add_argument("--total_bsz", type=int, default=None)
+    owns = AXES[axis].owns
+    if "total_bsz" not in owns:
+        ap.add_argument("--total_bsz", type=int, default=None)
     ap.add_argument("--max_steps", type=int, default=None)
-    ap.add_argument("--max_tokens", type=float, default=None)
+    if "max_tokens" not in owns:
+        ap.add_argument("--max_tokens", type=float, default=None)
     ap.add_argument("--out_dir", default=None, help=f"sweep root (default out/sweep_{axis})")
     ap.add_argument("--launcher", default=None,
                     help='prefix instead of the Python interpreter, e.g. "torchrun --nproc_per_node=8"')
