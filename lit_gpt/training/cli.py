@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import Optional, Sequence
 
@@ -9,6 +10,8 @@ from lit_gpt.training.options import RunOptions
 
 # Errors a user can fix: printed as one line, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = ()
+# OSErrors that are about the machine (full disk, quota, read-only or forbidden paths), not a bug: one line too.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -78,6 +81,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_TOO_MANY_SKIPS
     except errors as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        print(f"error: {err.strerror}{f': {err.filename}' if err.filename else ''} (free disk space or fix the "
+              f"permissions, then run again)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -167,7 +167,21 @@ class Trainer:
     def _batches(self) -> Iterator[torch.Tensor]:
         while True:
             for batch in self.train_loader:
+                self._check_ids(batch, "training")
                 yield batch
+
+    def _check_ids(self, batch: torch.Tensor, split: str) -> None:
+        """Token ids must index the embedding (on host tensors only: costs microseconds, never a device sync)."""
+        if batch.device.type != "cpu" or batch.numel() == 0:
+            return
+        top, low = int(batch.max()), int(batch.min())
+        if top >= self.config.padded_vocab_size or low < 0:
+            from lit_gpt.data import DataError
+
+            raise DataError(f"the {split} data holds token id {top if low >= 0 else low}, outside the model's "
+                            f"vocabulary of {self.config.padded_vocab_size}: the data folder's meta.json vocab_size "
+                            f"does not match its tokens; prepare the data again (--overwrite) or pass a larger "
+                            f"--vocab_size")
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -186,6 +200,8 @@ class Trainer:
 
         sd = get_optimizer_state_dict(self.sharded_model, self.optimizer.optimizer,
                                       options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if "state" not in sd:  # full_state_dict + cpu_offload: only rank 0 receives the gathered state
+            return sd
         sd["state"] = {clean_name(k): v for k, v in sd["state"].items()}
         for group in sd["param_groups"]:
             group["params"] = [clean_name(p) for p in group["params"]]
@@ -200,38 +216,51 @@ class Trainer:
         return gathered
 
     def save(self, reason: str = "periodic") -> None:
-        from lit_gpt.training.checkpoint import options_hash, save_checkpoint
+        from lit_gpt.training.checkpoint import CheckpointError, options_hash, save_checkpoint
 
         model_sd, optim_sd, loaders = self.model_state(), self.optimizer_state(), self.loader_states()
         if self.fabric.global_rank == 0:
             state = {"model": model_sd, "optimizer": optim_sd, "step": self.step, "tokens": self.tokens,
-                     "loader": loaders, "skipped_steps": list(self.skips)}
+                     "loader": loaders, "skipped_steps": list(self.skips), "loss_ema": self.loss_ema}
             meta = {"tokens": self.tokens, "options_hash": options_hash(self.opts.model_defining()),
                     "model_options": self.opts.model_defining(), "options": self.opts.to_dict(),
                     "config": self.config.to_dict(), "plan": self.plan.to_dict(), "reason": reason}
-            path = save_checkpoint(self.out_dir, self.step, state, meta=meta, keep_last=self.opts.keep_last)
+            try:
+                path = save_checkpoint(self.out_dir, self.step, state, meta=meta, keep_last=self.opts.keep_last)
+            except OSError as err:  # full disk, quota, read-only: the unfinished save was removed, older ones kept
+                raise CheckpointError(f"cannot save the step-{self.step} checkpoint in {self.out_dir}: "
+                                      f"{err.strerror or err}; free space (or lower --keep_last), then --resume auto "
+                                      f"continues from the last saved checkpoint") from None
             self.fabric.print(f"saved checkpoint {path} ({reason})")
         self.fabric.barrier()
         self.last_save_time = time.monotonic()
 
     def restore(self) -> None:
-        from lit_gpt.training.checkpoint import check_resume_compatible, find_resume_checkpoint, load_checkpoint
+        from lit_gpt.training.checkpoint import (CheckpointError, check_resume_compatible, find_resume_checkpoint,
+                                                 load_checkpoint)
 
         opts = self.opts
         path: Optional[Path] = None
-        if opts.resume == "auto":
-            path = find_resume_checkpoint(self.out_dir, log=self.fabric.print)
-            if path is None:
-                self.fabric.print(f"--resume auto: no checkpoint in {self.out_dir}; starting from scratch")
-        elif opts.resume:
-            path = Path(str(opts.resume))
+        if opts.resume:
+            # rank 0 finds (and hashes) the checkpoint once; every rank gets its path, or the reason there is none
+            found: tuple[Optional[str], Optional[str]] = (None, None)
+            if self.fabric.global_rank == 0:
+                try:
+                    found = (self._resume_path(), None)
+                except CheckpointError as err:
+                    found = (None, str(err))
+            path_str, error = self.fabric.broadcast(found, src=0)
+            if error is not None:
+                raise CheckpointError(error)
+            path = Path(path_str) if path_str is not None else None
         if path is not None:
-            state, manifest = load_checkpoint(path)
+            state, manifest = load_checkpoint(path, verify=self.fabric.global_rank == 0)  # rank 0: cached, no re-hash
             check_resume_compatible(manifest, opts.model_defining())
             self._load_weights(state["model"])
             self._load_optimizer(state["optimizer"])
             self.step, self.tokens = int(state["step"]), int(state["tokens"])
             self.skips = deque(state.get("skipped_steps", []))
+            self.loss_ema = state.get("loss_ema")
             loaders = state["loader"]
             if len(loaders) != self.fabric.world_size:
                 raise OptionsError(f"checkpoint {path} was written by {len(loaders)} processes but this run has "
@@ -253,6 +282,27 @@ class Trainer:
                 weights = load_weights(src)
             self._load_weights(weights)
             self.fabric.print(f"loaded weights from {src} (new run: step 0, fresh optimizer)")
+
+    def _resume_path(self) -> Optional[str]:
+        """Rank 0: the verified checkpoint folder to resume from (None: start from scratch)."""
+        from lit_gpt.training.checkpoint import (CorruptCheckpointError, MANIFEST_NAME, checkpoints_root,
+                                                 find_resume_checkpoint, verify_checkpoint)
+
+        if self.opts.resume == "auto":
+            path = find_resume_checkpoint(self.out_dir, log=self.fabric.print)
+            if path is None:
+                self.fabric.print(f"--resume auto: no checkpoint in {self.out_dir}; starting from scratch")
+            return None if path is None else str(path)
+        path = Path(str(self.opts.resume))
+        if not (path / MANIFEST_NAME).exists() and checkpoints_root(path).is_dir():  # a run folder
+            found = find_resume_checkpoint(path, log=self.fabric.print)
+            if found is None:
+                raise CorruptCheckpointError(f"--resume {path}: no intact checkpoint under {checkpoints_root(path)}")
+            return str(found)
+        ok, reason = verify_checkpoint(path)
+        if not ok:
+            raise CorruptCheckpointError(f"--resume {path}: checkpoint {path.name} is {reason}")
+        return str(path)
 
     def _load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -288,6 +338,7 @@ class Trainer:
         for i, batch in enumerate(self.val_loader):
             if i >= self.opts.eval_iters:
                 break
+            self._check_ids(batch, "validation")
             batch = batch.to(self.fabric.device, non_blocking=True).long()
             x, y = batch[:, :-1], batch[:, 1:]
             losses = self.model(x, targets=y, loss_reduction="none").loss  # [B, k·T]
@@ -394,7 +445,7 @@ class Trainer:
                     self.skips.popleft()
                 if profiler is not None:
                     profiler.step()
-                if len(self.skips) > opts.max_skips:
+                if skip_reason is not None and len(self.skips) > opts.max_skips:
                     self.save("too many skipped steps")
                     raise TrainingStopped(f"{len(self.skips)} of the last 100 steps were skipped (limit --max_skips "
                                           f"{opts.max_skips}); stopped with a checkpoint at step {self.step}. Lower the "
@@ -402,6 +453,7 @@ class Trainer:
                 row: dict[str, Any] = {}
                 if self.step % opts.log_step == 0 or self.step == plan.max_steps:
                     mean = fabric.all_reduce(loss_sum / max(loss_steps, 1), reduce_op="mean").item()
+                    mean = mean if loss_steps else float("nan")  # every step of the window was skipped
                     loss_sum.zero_()
                     loss_steps = 0
                     rate, mfu = throughput.measure(self.tokens)
@@ -438,7 +490,12 @@ class Trainer:
             if profiler is not None:
                 profiler.__exit__(None, None, None)
             if recorder is not None:
-                recorder.close(status)
+                try:
+                    recorder.close(status)
+                except OSError as err:  # e.g. a full disk: keep the error that stopped the run, not this one
+                    if status in ("finished", "preempted"):
+                        raise
+                    print(f"warning: could not record status {status!r} in run.json: {err}", file=sys.stderr)
         return 0
 
     def _profiler(self):

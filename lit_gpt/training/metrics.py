@@ -52,6 +52,11 @@ class RunRecorder:
         write_json_atomic(run_json, self.run)
         self.csv_path = self.dir / "metrics.csv"
         new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
+        if not new:  # a run killed mid-row left a partial last line: end it so appended rows stay whole
+            with open(self.csv_path, "rb+") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
         self._file = open(self.csv_path, "a", newline="")
         self._writer = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="ignore")
         if new:
