@@ -515,7 +515,7 @@ def test_gpu_attention_paths_bf16(impl, window, docs):
     g = torch.randn_like(got)
     gq = torch.autograd.grad(got, q, g)[0]
     gq_ref = torch.autograd.grad(ref, q, g.float())[0]
-    torch.testing.assert_close(gq.float(), gq_ref, atol=5e-2, rtol=5e-2)
+    torch.testing.assert_close(gq.float(), gq_ref.float(), atol=5e-2, rtol=5e-2)
 
 
 @cuda

@@ -33,8 +33,12 @@ __all__ = ["attention", "attention_mask", "sdpa", "choose_impl", "IMPLS", "Causa
 IMPLS = ("reference", "sdpa", "flash", "flex", "block_local")
 ENV_VAR = "LITSCALE_ATTN_IMPL"
 # On CUDA without flash-attn, windows up to this size use the tiled SDPA path instead of FlexAttention
-# (0 = never; set from benchmarks/attention.py measurements).
+# (0 = never). H100, 2026-11-25 (docs/benchmarks.md): Flex SWA 128 at T=4096 ran fwd+bwd in 0.58 ms against
+# 1.53 ms for the tiled path, so Flex stays the default for ordinary heads.
 BLOCK_LOCAL_MAX_WINDOW_CUDA = 0
+# FlexAttention's compiled backward needs more shared memory than an H100 has (≈247 KB > 232 KB) once the value
+# width passes 128 (differential attention's 2·head_dim values): those calls take the tiled SDPA path.
+FLEX_MAX_VALUE_WIDTH = 128
 
 
 def choose_impl(q: torch.Tensor, v: torch.Tensor, *, window: Optional[int], doc_ids: Optional[torch.Tensor],
@@ -61,8 +65,10 @@ def choose_impl(q: torch.Tensor, v: torch.Tensor, *, window: Optional[int], doc_
     if q.is_cuda:
         if flash_supports(q, v):
             return "flash"
-        if window is not None and window <= BLOCK_LOCAL_MAX_WINDOW_CUDA:
+        if window is not None and (window <= BLOCK_LOCAL_MAX_WINDOW_CUDA or v.shape[-1] > FLEX_MAX_VALUE_WIDTH):
             return "block_local"
+        if doc_ids is not None and window is None and v.shape[-1] > FLEX_MAX_VALUE_WIDTH:
+            return "reference"
         return "flex" if flex_available() else "reference"
     # CPU and others: the tiled path wins once the sequence spans a few windows; else the explicit mask
     if window is not None and T >= 2 * window:

@@ -93,7 +93,14 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
 
 
 def compile_blocks(model: nn.Module) -> None:
-    """Regional compile: each Block compiles in place (names and state dicts stay unchanged)."""
+    """Regional compile: each Block compiles in place (names and state dicts stay unchanged).
+
+    Hybrids have several block kinds (Mamba, SWA, GMU, cross-attention, ...) and validation runs at k·T, each a
+    separate graph: dynamo's default of 8 recompiles would silently drop later blocks back to eager.
+    """
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     for module in model.modules():
         if isinstance(module, Block):
             module.compile()

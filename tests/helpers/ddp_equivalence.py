@@ -45,7 +45,8 @@ def main(out_path: str) -> None:
                       total_bsz=2 * MBS_TOTAL * T, max_steps=STEPS, log_step=1, eval_step=10_000, save_step=10_000,
                       out_dir=os.path.join(os.path.dirname(out_path), f"run_w{world}"), num_workers=0,
                       vocab_size=VOCAB, base_hps=BaseHyperparameters(d0=2, eta0=0.01, b0=256, warmup_tokens0=256),
-                      strategy="ddp" if world > 1 else "auto", compile=False)
+                      strategy=os.environ.get("EQ_STRATEGY", "ddp") if world > 1 else "auto", compile=False,
+                      precision=os.environ.get("EQ_PRECISION"))
     trainer = Trainer(opts)
     trainer.setup(meta={"vocab_size": VOCAB, "eos_id": 0})
     trainer.build()
