@@ -152,8 +152,8 @@ def build_config(arch: str, depth: int, ar: int, parameterization: str, vocab: i
 
 
 def run_one(arch: str, depth: int, ar: int, entry: str, rows: torch.Tensor, *, steps: int, batch_size: int,
-            base: BaseHyperparameters, vocab: int, seed: int, config_overrides: Optional[dict[str, Any]] = None
-            ) -> CoordResult:
+            base: BaseHyperparameters, vocab: int, seed: int, config_overrides: Optional[dict[str, Any]] = None,
+            device: str = "cpu") -> CoordResult:
     """Train one model ``steps`` steps on rows[1:] (batches of ``batch_size``) recording on rows[:batch_size]."""
     p, scope = parse_parameterization(entry)
     seq_len = rows.shape[1] - 1
@@ -161,7 +161,8 @@ def run_one(arch: str, depth: int, ar: int, entry: str, rows: torch.Tensor, *, s
     torch.manual_seed(seed)
     from lit_gpt.model import GPT
 
-    model = GPT(config)
+    model = GPT(config).to(device)
+    rows = rows.to(device)
     launch = Launch(nodes=1, devices=1, micro_batch=batch_size, seq_len=seq_len)
     plan = transfer(base, config, launch, total_batch_tokens=batch_size * seq_len, max_steps=steps,
                     depth_lr_scope=scope, run_name=f"coord_{entry}_{arch}_d{depth}")
@@ -218,10 +219,16 @@ def summarize(results: Sequence[CoordResult], threshold: float = DEFAULT_THRESHO
         fl = {"rms": flatness(rs, "rms"), "delta": flatness(rs, "delta")}
         tracked = {f"{m}:{c}": v for m, vals in fl.items() for c, v in vals.items() if not c.startswith("branch_raw")}
         worst = max(tracked.items(), key=lambda kv: kv[1]) if tracked else (None, float("nan"))
+        # depth-μP's Θ(1) quantities: a branch's own output before the 1/sqrt(2L) multiplier, not after it
+        invariant = {f"{m}:{c}": v for m, vals in fl.items() for c, v in vals.items()
+                     if c.startswith("branch_raw") or not c.startswith("branch")}
+        worst_inv = max(invariant.items(), key=lambda kv: kv[1]) if invariant else (None, float("nan"))
         summary[p] = {
             "depths": [r.depth for r in rs], "widths": [r.width for r in rs],
             "flatness": fl, "worst": {"coordinate": worst[0], "ratio": worst[1]},
             "within_threshold": bool(tracked) and all(v <= threshold for v in tracked.values()),
+            "worst_invariant": {"coordinate": worst_inv[0], "ratio": worst_inv[1]},
+            "invariants_within_threshold": bool(invariant) and all(v <= threshold for v in invariant.values()),
             "final_train_loss": {r.depth: (r.losses[-1] if r.losses else None) for r in rs},
         }
     return summary
@@ -238,7 +245,7 @@ def coordinate_order(names: Sequence[str]) -> list[str]:
     return sorted(names, key=key)
 
 
-def plot(results: Sequence[CoordResult], path: str, title: str = "", raw: bool = False) -> None:
+def plot(results: Sequence[CoordResult], path: str, title: str = "", raw: bool = False, dpi: int = 72) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -276,8 +283,20 @@ def plot(results: Sequence[CoordResult], path: str, title: str = "", raw: bool =
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
+    _shrink_png(path)
+
+
+def _shrink_png(path: str) -> None:
+    """Palette-quantize the PNG (line plots need few colours) so figures stay small enough to commit."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    with Image.open(path) as im:
+        small = im.convert("RGB").quantize(colors=64, method=Image.Quantize.MEDIANCUT)
+    small.save(path, optimize=True)
 
 
 def format_summary(summary: dict[str, Any], threshold: float = DEFAULT_THRESHOLD) -> str:
@@ -285,10 +304,24 @@ def format_summary(summary: dict[str, Any], threshold: float = DEFAULT_THRESHOLD
     for p, s in summary.items():
         ok = "PASS" if s["within_threshold"] else "FAIL"
         lines.append(f"{LABELS.get(p, p)}: depths {s['depths']} (widths {s['widths']}); worst max/min at the last "
-                     f"step {s['worst']['ratio']:.2f} ({s['worst']['coordinate']}) -> {ok} at {threshold}x")
+                     f"step {s['worst']['ratio']:.2f} ({s['worst']['coordinate']}) -> {ok} at {threshold}x; "
+                     f"depth-μP invariants (embedding, branch_raw.*, block, logits): worst "
+                     f"{s['worst_invariant']['ratio']:.2f} ({s['worst_invariant']['coordinate']}) -> "
+                     f"{'PASS' if s['invariants_within_threshold'] else 'FAIL'}")
         for metric in ("rms", "delta"):
             cells = ", ".join(f"{c} {v:.2f}" for c, v in s["flatness"][metric].items())
             lines.append(f"    {metric:5s}: {cells}")
+    return "\n".join(lines)
+
+
+def flatness_markdown(summary: dict[str, Any]) -> str:
+    """One row per parameterization, one column per coordinate: max/min over depths at the last step (rms / delta)."""
+    names = coordinate_order(sorted({c for s in summary.values() for c in s["flatness"]["rms"]}))
+    lines = ["| parameterization | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for p, s in summary.items():
+        cells = [f"{s['flatness']['rms'].get(c, float('nan')):.2f} / {s['flatness']['delta'].get(c, float('nan')):.2f}"
+                 for c in names]
+        lines.append(f"| {LABELS.get(p, p)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -313,13 +346,19 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, or auto (cuda when available); fp32 throughout")
     ap.add_argument("--out", default=None, help="output folder (default out/coord_check/<train_model>)")
     ap.add_argument("--raw", action="store_true", help="also plot the branch outputs before the multiplier")
+    ap.add_argument("--dpi", type=int, default=72)
+    ap.add_argument("--replot", default=None, metavar="JSON",
+                    help="redraw the figure and summary from a coord_check.json (no training)")
     return ap
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.replot:
+        return replot(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -344,6 +383,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 2
         vocab = args.vocab_size or int(read_meta(args.data_dir)["vocab_size"])
         rows = load_rows(args.data_dir, args.ctx_len, n_rows, args.seed)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     base = BaseHyperparameters(d0=d0, eta0=args.lr, b0=args.batch_size * args.ctx_len, warmup_tokens0=0)
     out = args.out or os.path.join("out", "coord_check", args.train_model)
     os.makedirs(out, exist_ok=True)
@@ -352,7 +392,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for entry in entries:
         for depth in depths:
             r = run_one(args.train_model, depth, args.ar, entry, rows, steps=args.steps, batch_size=args.batch_size,
-                        base=base, vocab=vocab, seed=args.seed)
+                        base=base, vocab=vocab, seed=args.seed, device=device)
             results.append(r)
             print(f"{LABELS.get(entry, entry):>6} d{depth:<3} w{r.width:<5} {r.n_params / 1e6:7.2f}M params, "
                   f"lr {r.lr:.2e}: loss {r.losses[0]:.3f} -> {r.losses[-1]:.3f}  ({time.time() - t0:.0f} s)",
@@ -361,7 +401,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     payload = {
         "arch": args.train_model, "train_name": args.train_name, "depths": depths, "ar": args.ar, "d0": d0,
         "steps": args.steps, "batch_size": args.batch_size, "ctx_len": args.ctx_len, "eta0": args.lr,
-        "seed": args.seed, "threshold": args.threshold, "data": "synthetic" if args.synthetic else args.data_dir,
+        "seed": args.seed, "device": device, "threshold": args.threshold, "data": "synthetic" if args.synthetic else args.data_dir,
         "summary": summary,
         "results": [r.__dict__ for r in results],
     }
@@ -369,9 +409,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         json.dump(payload, f, indent=1, default=float)
     title = (f"coordinate check: {args.train_model}, ar {args.ar}, d0 {d0}, eta0 {args.lr:g}, "
              f"{args.steps} Adam steps of {args.batch_size}x{args.ctx_len} tokens")
-    plot(results, os.path.join(out, "coord_check.png"), title=title, raw=args.raw)
+    plot(results, os.path.join(out, "coord_check.png"), title=title, raw=args.raw, dpi=args.dpi)
+    with open(os.path.join(out, "flatness.md"), "w") as f:
+        f.write(flatness_markdown(summary) + "\n")
     print(format_summary(summary, args.threshold))
-    print(f"wrote {out}/coord_check.json and {out}/coord_check.png ({time.time() - t0:.0f} s)")
+    print(f"wrote {out}/coord_check.json, coord_check.png and flatness.md ({time.time() - t0:.0f} s)")
+    return 0
+
+
+def replot(args: argparse.Namespace) -> int:
+    with open(args.replot) as f:
+        payload = json.load(f)
+    results = [CoordResult(**r) for r in payload["results"]]
+    out = args.out or os.path.dirname(os.path.abspath(args.replot))
+    os.makedirs(out, exist_ok=True)
+    title = (f"coordinate check: {payload['arch']}, ar {payload['ar']}, d0 {payload['d0']}, eta0 {payload['eta0']:g}, "
+             f"{payload['steps']} Adam steps of {payload['batch_size']}x{payload['ctx_len']} tokens")
+    plot(results, os.path.join(out, "coord_check.png"), title=title, raw=args.raw, dpi=args.dpi)
+    summary = summarize(results, payload.get("threshold", args.threshold))
+    with open(os.path.join(out, "flatness.md"), "w") as f:
+        f.write(flatness_markdown(summary) + "\n")
+    print(format_summary(summary, args.threshold))
+    print(f"wrote {out}/coord_check.png and flatness.md")
     return 0
 
 

@@ -398,16 +398,23 @@ def plan_report(options: Any, **overrides: Any) -> dict[str, Any]:
     return build_report(plan, config, s, opts.run_name)
 
 
-def render(plan: Plan, config: Config, system: Any, options: Any = None, **overrides: Any) -> str:
-    """The table for ``pretrain.py --dry_run``: ``system`` is training.parallel.System (or any object with
-    accelerator, devices, nodes, strategy, precision)."""
-    a = assumptions_from_options(options, **overrides) if options is not None else Assumptions()
+def report_for(plan: Plan, config: Config, system: Any = None, options: Any = None, **overrides: Any) -> dict[str, Any]:
+    """The report of an existing plan; ``system`` is training.parallel.System (or any object with accelerator,
+    devices, nodes, strategy, precision), ``options`` the RunOptions (for sharding, checkpointing, MFU)."""
+    a = assumptions_from_options(options) if options is not None else Assumptions()
     for field_name in ("accelerator", "devices", "nodes", "strategy", "precision"):
-        if hasattr(system, field_name):
-            setattr(a, field_name, getattr(system, field_name))
-    if a.accelerator == "cpu":
-        a.peak_flops = a.peak_flops or None
-    return format_plan_table(build_report(plan, config, a, getattr(options, "run_name", "") if options else ""))
+        value = getattr(system, field_name, None) if system is not None else None
+        if value is not None:
+            setattr(a, field_name, value)
+    for k, v in overrides.items():
+        if v is not None:
+            setattr(a, k, v)
+    return build_report(plan, config, a, getattr(options, "run_name", "") if options is not None else "")
+
+
+def render(plan: Plan, config: Config, system: Any = None, options: Any = None, **overrides: Any) -> str:
+    """The human-readable table for ``pretrain.py --dry_run`` (see ``report_for``)."""
+    return format_plan_table(report_for(plan, config, system, options, **overrides))
 
 
 # ------------------------------------------------------------------------------------------------ formatting

@@ -312,9 +312,7 @@ def lr_analyze(args: argparse.Namespace, points: list[Point]) -> int:
         print(v)
     dirs = [r["path"] for r in rows if r["status"] == "finished"]
     if dirs:
-        title = f"LR transfer: {', '.join(args.train_model)}, ar {args.ar or 'default'}"
-        run_plot_script("plot_lr_transfer", ["--runs", *dirs, "--out", os.path.join(root, "lr_transfer.png"),
-                                             "--title", title])
+        run_plot_script("plot_lr_transfer", ["--runs", *dirs, "--out", os.path.join(root, "lr_transfer.png")])
     print(f"wrote {root}/lr_sweep.csv, {root}/lr_sweep.md" + (f", {root}/lr_transfer.png" if dirs else ""))
     return 0
 
