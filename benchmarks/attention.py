@@ -14,17 +14,17 @@ for the backward.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.timing import (apply_small, cli_device, cuda_peak_mib, device_label, failure_note,  # noqa: E402
+                               report, sync, time_call_ms)
 from lit_gpt.kernels.attention_masks import (flash_attn_available, flex_block_mask,  # noqa: E402
                                              reference_attention)
 from lit_gpt.layers.attention import attention  # noqa: E402
@@ -55,30 +55,12 @@ class Row:
     extra: dict = field(default_factory=dict)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def timeit(fn: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> float:
     """Median milliseconds of ``fn``."""
     for _ in range(warmup):
         fn()
     sync(device)
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
+    times = sorted(time_call_ms(fn, device.type == "cuda") for _ in range(repeats))
     return times[len(times) // 2]
 
 
@@ -86,12 +68,7 @@ def peak_memory(fn: Callable[[], None], device: torch.device) -> Optional[float]
     """Peak MiB allocated during ``fn`` above what was allocated before (CUDA only)."""
     if device.type != "cuda":
         return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
+    return cuda_peak_mib(fn)
 
 
 def make_docs(B: int, T: int, mean_len: int, device: torch.device, seed: int = 0) -> torch.Tensor:
@@ -169,12 +146,8 @@ def run_case(case: Case, T: int, args, device, dtype, parity: dict) -> Row:
             return row
         row.fwd_bwd_ms = timeit(fwd_bwd, device, args.warmup, args.repeats)
         row.peak_mib = peak_memory(fwd_bwd, device)
-    except torch.OutOfMemoryError:
-        row.note = "OOM"
-        torch.cuda.empty_cache()
-        return row
-    except Exception as exc:  # report and continue with the other cases
-        row.note = f"error: {type(exc).__name__}: {str(exc)[:120]}"
+    except Exception as exc:  # report (OOM included) and continue with the other cases
+        row.note = failure_note(exc)
         return row
     if case.impl == "flex" and docs is not None:  # per-step cost the timings above exclude (cached per doc_ids)
         row.extra["mask_build_ms"] = timeit(lambda: flex_block_mask(T, window, docs.clone(), device), device,
@@ -249,17 +222,10 @@ def main(argv=None) -> int:
     p.add_argument("--max-reference-bytes", type=float, default=8e9)
     p.add_argument("--json", default=None, help="write the rows to this JSON file")
     args = p.parse_args(argv)
-    if not args.cpu and not torch.cuda.is_available():
-        p.error("no CUDA device: pass --cpu (with --small for a smoke run)")
-    device = torch.device("cpu" if args.cpu else "cuda")
-    if args.cpu:
-        args.dtype = "fp32"
+    device = cli_device(p, args)
     if args.small:  # tiny shapes, except where the command line says otherwise
-        small = dict(seq_lens=[256, 512], windows=[32, 64], batch=1, heads=4, kv_heads=2, head_dim=32, doc_len=64,
-                     parity_len=128, warmup=1, repeats=2)
-        for key, value in small.items():
-            if getattr(args, key) == p.get_default(key):
-                setattr(args, key, value)
+        apply_small(p, args, dict(seq_lens=[256, 512], windows=[32, 64], batch=1, heads=4, kv_heads=2, head_dim=32,
+                                  doc_len=64, parity_len=128, warmup=1, repeats=2))
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     include_flash = device.type == "cuda" and flash_attn_available()
     case_list = cases(args.windows, include_flash)
@@ -273,15 +239,10 @@ def main(argv=None) -> int:
             rows.append(row)
             print(f"{row.case:28s} T={T:6d} fwd {row.fwd_ms} ms  fwd+bwd {row.fwd_bwd_ms} ms  "
                   f"peak {row.peak_mib} MiB  {row.note}", file=sys.stderr, flush=True)
-    dev_name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    dev_name = device_label(device)
     header = (f"### Attention backends on {dev_name} (torch {torch.__version__}, {args.dtype}, B={args.batch}, "
               f"H={args.heads}, KV heads={args.kv_heads}, D={args.head_dim}, docs mean {args.doc_len} tokens)")
-    print(to_markdown(rows, header))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"device": dev_name, "torch": torch.__version__, "args": vars(args),
-                       "rows": [asdict(r) for r in rows]}, fh, indent=1)
-    return 1 if any("FAIL" in r.note for r in rows) else 0
+    return report(rows, to_markdown(rows, header), dev_name, args)
 
 
 if __name__ == "__main__":

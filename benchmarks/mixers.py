@@ -15,10 +15,9 @@ their attention backend is the automatic choice (force one with LITSCALE_ATTN_IM
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -28,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from attention import make_docs, peak_memory, timeit  # noqa: E402  (benchmarks/attention.py)
 
+from benchmarks.timing import apply_small, cli_device, device_label, failure_note, report  # noqa: E402
 from lit_gpt.config import Config, LayerSpec  # noqa: E402
 from lit_gpt.kernels import selective_scan as ss  # noqa: E402
 from lit_gpt.layers.attention import CausalSelfAttention  # noqa: E402
@@ -160,12 +160,8 @@ def bench(mixer: str, impl: str, cfg: Config, B: int, T: int, varlen: bool, args
             row.fwd_ms = timeit(fwd, device, args.warmup, args.repeats)
             row.fwd_bwd_ms = timeit(fwd_bwd, device, args.warmup, args.repeats)
             row.peak_mib = peak_memory(fwd_bwd, device)
-    except torch.OutOfMemoryError:
-        row.note = "OOM"
-        torch.cuda.empty_cache()
-        return row
-    except Exception as exc:
-        row.note = f"error: {type(exc).__name__}: {str(exc)[:120]}"
+    except Exception as exc:  # OOM included
+        row.note = failure_note(exc)
         return row
     row.tokens_per_s = B * T / (row.fwd_bwd_ms * 1e-3)
     return row
@@ -204,17 +200,10 @@ def main(argv=None) -> int:
     p.add_argument("--parity-tol", type=float, default=5e-2)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    if not args.cpu and not torch.cuda.is_available():
-        p.error("no CUDA device: pass --cpu (with --small for a smoke run)")
-    device = torch.device("cpu" if args.cpu else "cuda")
-    if args.cpu:
-        args.dtype = "fp32"
+    device = cli_device(p, args)
     if args.small:  # tiny shapes, except where the command line says otherwise
-        small = dict(widths=[64], tokens=[256, 512], seq_len=128, head_size=16, doc_len=32, parity_len=64, warmup=1,
-                     repeats=2)
-        for key, value in small.items():
-            if getattr(args, key) == p.get_default(key):
-                setattr(args, key, value)
+        apply_small(p, args, dict(widths=[64], tokens=[256, 512], seq_len=128, head_size=16, doc_len=32,
+                                  parity_len=64, warmup=1, repeats=2))
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[args.dtype]
     impls = args.scan_impls or scan_impls(device)
     rows: list[Row] = []
@@ -247,15 +236,10 @@ def main(argv=None) -> int:
                     print(f"{mixer:12s} {impl:9s} D={width} {B}x{T} varlen={varlen}: fwd {row.fwd_ms} "
                           f"fwd+bwd {row.fwd_bwd_ms} ms peak {row.peak_mib} MiB {row.note}", file=sys.stderr,
                           flush=True)
-    dev_name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    dev_name = device_label(device)
     header = (f"### Mixer layers on {dev_name} (torch {torch.__version__}, autocast {args.dtype}, L={args.seq_len}, "
               f"head {args.head_size}, docs mean {args.doc_len} tokens)")
-    print(to_markdown(rows, header))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"device": dev_name, "torch": torch.__version__, "args": vars(args),
-                       "rows": [asdict(r) for r in rows]}, fh, indent=1)
-    return 1 if any("FAIL" in r.note for r in rows) else 0
+    return report(rows, to_markdown(rows, header), dev_name, args)
 
 
 if __name__ == "__main__":

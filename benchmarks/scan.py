@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import cuda_peak_mib, time_call_ms  # noqa: E402
 from lit_gpt.kernels import selective_scan as ss  # noqa: E402
 
 
@@ -71,20 +72,7 @@ def timeit(fn, device, budget_s=None, min_reps=3, max_reps=25):
     sync(device)
     first = time.perf_counter() - t0
     reps = int(max(min_reps, min(max_reps, budget_s / max(first, 1e-6))))
-    times = []
-    for _ in range(reps):
-        if device == "cuda":
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            torch.cuda.synchronize()
-            times.append(s.elapsed_time(e))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return statistics.median([time_call_ms(fn, device == "cuda") for _ in range(reps)])
 
 
 def fwd_bwd_fn(impl, ts, gy, reset=None):
@@ -104,12 +92,7 @@ def fwd_fn(impl, ts, reset=None):
 def peak_mem_mb(fn, device):
     if device != "cuda":
         return float("nan")
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
+    return cuda_peak_mib(fn)
 
 
 def ideal_bytes(b, T, d, n, elt):
