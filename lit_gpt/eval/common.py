@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["load_for_eval", "default_output_dir", "write_json", "parse_lengths", "fail"]
+__all__ = ["load_for_eval", "default_output_dir", "write_json", "parse_lengths", "fail", "agg_pyplot", "save_figure"]
 
 
 def fail(message: str) -> "None":
@@ -60,6 +60,28 @@ def write_json(path: Path, data: dict[str, Any]) -> Path:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(_clean(data), indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)
+    return path
+
+
+def agg_pyplot() -> Any:
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (imported only when a plot is drawn)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` (parent folders made) at 120 dpi and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
     return path
 
 

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from lit_gpt.eval.common import agg_pyplot, save_figure
+
 __all__ = ["load_documents", "run_perplexity", "plot_perplexity"]
 
 
@@ -121,11 +123,7 @@ def run_perplexity(model: Any, docs: Sequence[Sequence[int]], lengths: Sequence[
 
 
 def plot_perplexity(result: dict[str, Any], path: str | Path, title: str = "") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = agg_pyplot()
     rows = [r for r in result["lengths"] if r.get("ppl") is not None]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([r["seq_length"] for r in rows], [r["ppl"] for r in rows], marker="o")
@@ -135,9 +133,4 @@ def plot_perplexity(result: dict[str, Any], path: str | Path, title: str = "") -
     ax.set_ylabel("perplexity")
     ax.set_title(title or "Perplexity vs context length")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

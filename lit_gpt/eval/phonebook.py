@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from lit_gpt.eval.common import agg_pyplot, save_figure
+
 __all__ = ["FIRST_NAMES", "LAST_NAMES", "PhonebookSample", "bucket_edges", "make_sample", "make_samples",
            "score_answer", "run_phonebook", "plot_phonebook"]
 
@@ -279,11 +281,7 @@ def run_phonebook(model: Any, tokenizer: Any, *, min_len: int, max_len: int, num
 
 
 def plot_phonebook(result: dict[str, Any], path: str | Path, title: str = "") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = agg_pyplot()
     bs = [b for b in result["buckets"] if b["n"]]
     xs = [b["mean_len"] for b in bs]
     ys = [b["accuracy"] for b in bs]
@@ -296,9 +294,4 @@ def plot_phonebook(result: dict[str, Any], path: str | Path, title: str = "") ->
     ax.set_ylabel("exact-match accuracy")
     ax.set_title(title or "Phonebook retrieval")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from lit_gpt.eval.common import agg_pyplot, save_figure
+
 __all__ = ["Row", "collect", "collect_run", "format_table", "plot_summary", "main"]
 
 
@@ -141,11 +143,7 @@ def format_table(rows: Sequence[Row]) -> str:
 
 
 def plot_summary(rows: Sequence[Row], path: str | Path, max_metrics: int = 24) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = agg_pyplot()
     runs = list(dict.fromkeys(r.run for r in rows))
     keys = list(dict.fromkeys(r.key for r in rows))[:max_metrics]
     table = {(r.run, r.key): r.value for r in rows}
@@ -162,12 +160,7 @@ def plot_summary(rows: Sequence[Row], path: str | Path, max_metrics: int = 24) -
         ax.tick_params(axis="y", labelsize=7)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: Optional[list[str]] = None) -> list[Row]:
