@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.timing import (apply_small, cli_device, cuda_peak_mib, device_label, failure_note,  # noqa: E402
-                               report, sync, time_call_ms)
+from benchmarks.timing import (apply_small, cell, cli_device, cuda_peak_mib, device_label,  # noqa: E402
+                               failure_note, report, sync, time_call_ms)
 from lit_gpt.kernels.attention_masks import (flash_attn_available, flex_block_mask,  # noqa: E402
                                              reference_attention)
 from lit_gpt.layers.attention import attention  # noqa: E402
@@ -191,9 +191,7 @@ def parity_check(case_list: list[Case], args, device, dtype) -> dict:
 
 
 def to_markdown(rows: list[Row], header: str) -> str:
-    def f(x, fmt):
-        return "" if x is None else format(x, fmt)
-
+    f = cell
     lines = [header, "", "| case | T | fwd ms | fwd+bwd ms | peak MiB | TFLOP/s | parity err | note |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from attention import make_docs, peak_memory, timeit  # noqa: E402  (benchmarks/attention.py)
 
-from benchmarks.timing import apply_small, cli_device, device_label, failure_note, report  # noqa: E402
+from benchmarks.timing import apply_small, cell, cli_device, device_label, failure_note, report  # noqa: E402
 from lit_gpt.config import Config, LayerSpec  # noqa: E402
 from lit_gpt.kernels import selective_scan as ss  # noqa: E402
 from lit_gpt.layers.attention import CausalSelfAttention  # noqa: E402
@@ -168,9 +168,7 @@ def bench(mixer: str, impl: str, cfg: Config, B: int, T: int, varlen: bool, args
 
 
 def to_markdown(rows: list[Row], header: str) -> str:
-    def f(x, fmt):
-        return "" if x is None else format(x, fmt)
-
+    f = cell
     lines = [header, "", "| mixer | impl | D | B×L | varlen | fwd ms | fwd+bwd ms | peak MiB | Mtok/s (f+b) | parity | note |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

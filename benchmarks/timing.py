@@ -107,6 +107,11 @@ def device_label(device: torch.device) -> str:
     return torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
 
 
+def cell(x: Any, fmt: str) -> str:
+    """A markdown table cell: ``x`` formatted, or empty for None."""
+    return "" if x is None else format(x, fmt)
+
+
 def report(rows: list, table: str, dev_name: str, args: Any) -> int:
     """Print the markdown table, write the rows to ``args.json`` when given; 1 when a row failed parity, else 0."""
     print(table)
