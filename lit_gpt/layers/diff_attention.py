@@ -43,6 +43,10 @@ class _Differential(nn.Module):
     """λ parameters, the sub-norm and the combination shared by the self and cross variants."""
 
     def _init_differential(self, config: Config, layer: LayerSpec) -> None:
+        """Called right after the base attention ``__init__``: checks the head counts, adds the λs and sub-norm."""
+        if config.n_head % 2 or config.n_query_groups % 2:
+            raise ValueError(f"differential attention needs an even n_head ({config.n_head}) and n_query_groups "
+                             f"({config.n_query_groups})")
         hd = config.head_size
         self.lambda_init = lambda_init(layer.index)
         self.lambda_q1 = nn.Parameter(torch.empty(hd))
@@ -70,9 +74,6 @@ class _Differential(nn.Module):
 class DiffSelfAttention(_Differential, CausalSelfAttention):
     def __init__(self, config: Config, layer: LayerSpec):
         CausalSelfAttention.__init__(self, config, layer)
-        if config.n_head % 2 or config.n_query_groups % 2:
-            raise ValueError(f"differential attention needs an even n_head ({config.n_head}) and n_query_groups "
-                             f"({config.n_query_groups})")
         self._init_differential(config, layer)
         self.reset_parameters()
 
@@ -80,8 +81,5 @@ class DiffSelfAttention(_Differential, CausalSelfAttention):
 class DiffCrossAttention(_Differential, CrossAttention):
     def __init__(self, config: Config, layer: LayerSpec):
         CrossAttention.__init__(self, config, layer)
-        if config.n_head % 2 or config.n_query_groups % 2:
-            raise ValueError(f"differential attention needs an even n_head ({config.n_head}) and n_query_groups "
-                             f"({config.n_query_groups})")
         self._init_differential(config, layer)
         self.reset_parameters()
