@@ -10,6 +10,16 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a whole module (``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny ops run
+    fastest single-threaded, and on a busy shared CPU 2+ threads only add contention. The old count is restored."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def builtin_data(tmp_path_factory) -> str:
     from lit_gpt.data.prepare import prepare

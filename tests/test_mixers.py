@@ -31,18 +31,10 @@ from lit_gpt.layers.state import DecodeState
 from lit_gpt.scaling import is_vector_like
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+pytestmark = [pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile"),
+              pytest.mark.usefixtures("one_thread")]  # tests/conftest.py
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 ATOL = 1e-5
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops run fastest single-threaded (and a busy shared CPU makes 2+ threads stall)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny(**kw) -> Config:

@@ -26,15 +26,7 @@ from lit_gpt.kernels.selective_scan import (
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ("x", "dt", "A", "B", "C", "D", "dt_bias", "initial_state")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: intra-op threads only add contention on shared CI boxes
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny tensors, one intra-op thread
 
 
 def make_inputs(b, T, d, n, *, dtype=torch.float32, device="cpu", seed=0, with_h0=True, requires_grad=True):

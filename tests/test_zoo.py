@@ -15,14 +15,7 @@ from lit_gpt.model import GPT
 from lit_gpt.scaling import closed_form_non_embedding, count_parameters
 
 VOCAB = 256
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def zoo_config(arch: str, depth: int = 4, **kw) -> Config:
