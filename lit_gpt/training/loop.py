@@ -117,7 +117,9 @@ class Trainer:
         if self.fabric.global_rank == 0:
             check_writable(self.out_dir)
             self._copy_tokenizer()
-        with self.fabric.init_module(empty_init=False):
+        # Initialize on the CPU, from the CPU generator: the same seed gives the same weights on a laptop, one GPU,
+        # DDP or FSDP (drawing on the device would make the start depend on the launch shape). setup moves it.
+        with torch.device("cpu"):
             model = GPT(self.config)
         self.model = parallelize(model, self.fabric, opts, system)
         groups = self._param_groups()
