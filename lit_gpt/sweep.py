@@ -98,7 +98,7 @@ def run_dir(args: argparse.Namespace, point: Point) -> str:
 def load_point(args: argparse.Namespace, point: Point):
     from lit_gpt.runs import load_run
 
-    return load_run(run_dir(args, point))
+    return load_run(run_dir(args, point), stale_after=getattr(args, "stale_after", 1800.0))
 
 
 def build_command(args: argparse.Namespace, point: Point, resume: bool = False) -> list[str]:
@@ -168,6 +168,25 @@ def execute(args: argparse.Namespace, todo: list[tuple[Point, str]]) -> int:
     os.makedirs(logs, exist_ok=True)
     queue = list(todo)
     running: list[tuple[subprocess.Popen, Point, float, Any]] = []
+    try:
+        failed = _execute_loop(args, queue, running, logs)
+    except KeyboardInterrupt:  # stop the runs cleanly: pretrain checkpoints on SIGTERM, so --resume auto continues
+        for proc, p, _, log in running:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc, p, _, log in running:
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+        print(f"[sweep] interrupted; {len(running)} run(s) stopped; rerun the command (with --resume auto to continue "
+              "them from their checkpoints)", file=sys.stderr)
+        raise
+    return failed
+
+
+def _execute_loop(args: argparse.Namespace, queue: list, running: list, logs: str) -> int:
     failed = 0
     slot = 0
     while queue or running:
@@ -556,6 +575,9 @@ def add_common(ap: argparse.ArgumentParser, axis: str) -> None:
     ap.add_argument("--script", default=None, help="write the commands to this bash script and exit")
     ap.add_argument("--collect_only", action="store_true", help="only build the tables and figures")
     ap.add_argument("--drop_checkpoints", action="store_true", help="delete a run's checkpoints once it finished")
+    ap.add_argument("--stale_after", type=float, default=1800.0,
+                    help="seconds without a heartbeat after which a 'running' run counts as interrupted "
+                         "(younger ones are left alone: they may be running elsewhere)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -142,3 +142,12 @@ def test_axis_registry():
     names = [p.name for p in sweep.AXES["depth"].points(args)]
     assert names == ["scaling_mup_transformer_d4_ctx256", "scaling_mup_transformer_d8_ctx256",
                      "scaling_mup_sambay_d4_ctx256", "scaling_mup_sambay_d8_ctx256"]
+
+
+def test_depth_axis_tables(tmp_path):
+    for depth, loss in [(2, 5.0), (4, 4.5), (8, 4.2)]:
+        fake_run(tmp_path / f"scaling_mup_transformer_d{depth}_ctx128", "scaling_mup", depth, 4e-4, loss)
+    assert sweep.main(["depth", "--depths", "2", "4", "8", "--ctx_len", "128", "--out_dir", str(tmp_path),
+                       "--collect_only"]) == 0
+    md = (tmp_path / "depth_sweep.md").read_text()
+    assert "| 8 | 128 |" in md and "4.2000" in md
