@@ -525,8 +525,13 @@ def run(opts: RunOptions) -> int:
     trainer = Trainer(opts)
     trainer.setup()
     if trainer.opts.dry_run:
+        from lit_gpt import planner
+
         report = dry_run_report(trainer.opts, trainer.config, trainer.plan, trainer.system)
-        print(json.dumps(report, indent=2, default=str))
+        estimates = planner.report_for(trainer.plan, trainer.config, trainer.system, trainer.opts)
+        report["estimates"] = {k: v for k, v in estimates.items() if k in ("memory", "time", "warnings")}
+        print(planner.render(trainer.plan, trainer.config, trainer.system, trainer.opts), file=sys.stderr)
+        print(json.dumps(report, indent=2, default=str))  # stdout stays one JSON object
         return 0
     trainer.build()
     trainer.build_loaders()
