@@ -204,3 +204,18 @@ def test_bad_input_gives_one_line_error(case, builtin_data, tmp_path, capsys):
     assert [line for line in err.splitlines() if line.startswith("error:")], err
     if protected is not None:
         assert tree_digest(tmp_path / "out" / "checkpoints") == protected
+
+
+@pytest.mark.parametrize("logger", ["wandb", "tensorboard"])
+def test_external_loggers(logger, builtin_data, tmp_path, monkeypatch):
+    pytest.importorskip(logger)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)  # no key: wandb must go offline, never to the network
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    out = tmp_path / logger
+    assert main(TINY + ["--train_data_dir", builtin_data, "--out_dir", str(out), "--max_steps", "2", "--log_step", "1",
+                        "--eval_step", "2", "--save_step", "2", "--logger", logger]) == 0
+    assert read_metrics(out)  # metrics.csv is written whatever the logger
+    if logger == "wandb":
+        assert list((out / "wandb").glob("offline-run-*"))
+    else:
+        assert list((out / "tensorboard").glob("events.out.tfevents.*"))
