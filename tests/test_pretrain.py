@@ -220,3 +220,22 @@ def test_external_loggers(logger, builtin_data, tmp_path, monkeypatch):
         assert list((out / "wandb").glob("offline-run-*"))
     else:
         assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_save_interval_minutes_checkpoints_by_time(builtin_data, tmp_path):
+    out = tmp_path / "timed"
+    assert main(TINY + ["--train_data_dir", builtin_data, "--out_dir", str(out), "--max_steps", "3", "--log_step", "1",
+                        "--eval_step", "100", "--save_step", "1000", "--save_interval_minutes", "1e-6"]) == 0
+    steps = sorted(p.name for p in (out / "checkpoints").glob("step-*"))
+    assert steps == ["step-00000001", "step-00000002", "step-00000003"]
+
+
+def test_activation_checkpointing_same_losses(builtin_data, tmp_path):
+    common = TINY + ["--train_data_dir", builtin_data, "--max_steps", "3", "--log_step", "1", "--eval_step", "100",
+                     "--save_step", "3"]
+    assert main(common + ["--out_dir", str(tmp_path / "plain")]) == 0
+    assert main(common + ["--out_dir", str(tmp_path / "ac"), "--activation_checkpointing", "true"]) == 0
+    plain = [float(r["train_loss"]) for r in read_metrics(tmp_path / "plain")]
+    ac = [float(r["train_loss"]) for r in read_metrics(tmp_path / "ac")]
+    assert ac == pytest.approx(plain, abs=1e-6)
+    assert set(final_weights(tmp_path / "ac")) == set(final_weights(tmp_path / "plain"))  # wrapper names stripped
