@@ -267,23 +267,35 @@ def point_rows(args: argparse.Namespace, points: list[Point]) -> list[dict[str, 
     return rows
 
 
+# ------------------------------------------------------------------------------------------------ the grid
+def grid_points(args: argparse.Namespace, variants: list[tuple[str, list[str], dict[str, Any]]]) -> list[Point]:
+    """One run per (train_name, arch, depth, variant); a variant is (name tag, extra flags, labels).
+
+    ``--lr`` (axes other than lr) pins the base learning rate of every run.
+    """
+    T = ctx_of(args)
+    lr = getattr(args, "lr", None)
+    points = []
+    for train_name in args.train_name:
+        for arch in args.train_model:
+            for depth in args.depths:
+                for tag, extra, label in variants:
+                    flags = ["--train_model", arch, "--depth", str(depth), "--train_name", train_name] + extra
+                    if lr is not None:
+                        flags += ["--base_hps.eta0", fmt_lr(lr)]
+                    name = f"{train_name}_{tag}_{arch}_d{depth}_ctx{T}" if tag else f"{train_name}_{arch}_d{depth}_ctx{T}"
+                    points.append(Point(name, flags, dict(train_name=train_name, arch=arch, depth=depth, **label)))
+    return points
+
+
 # ------------------------------------------------------------------------------------------------ axis: lr
 def lr_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--lrs", type=float, nargs="+", required=True, help="base learning rates eta0 to try")
 
 
 def lr_points(args: argparse.Namespace) -> list[Point]:
-    T = ctx_of(args)
-    points = []
-    for train_name in args.train_name:
-        for arch in args.train_model:
-            for depth in args.depths:
-                for lr in sorted(args.lrs):
-                    name = f"{train_name}_lr{fmt_lr(lr)}_{arch}_d{depth}_ctx{T}"
-                    flags = ["--train_model", arch, "--depth", str(depth), "--train_name", train_name,
-                             "--base_hps.eta0", fmt_lr(lr)]
-                    points.append(Point(name, flags, dict(train_name=train_name, arch=arch, depth=depth, eta0=lr)))
-    return points
+    return grid_points(args, [(f"lr{fmt_lr(lr)}", ["--base_hps.eta0", fmt_lr(lr)], dict(eta0=lr))
+                              for lr in sorted(args.lrs)])
 
 
 def lr_analyze(args: argparse.Namespace, points: list[Point]) -> int:
@@ -345,17 +357,7 @@ def depth_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def depth_points(args: argparse.Namespace) -> list[Point]:
-    T = ctx_of(args)
-    points = []
-    for train_name in args.train_name:
-        for arch in args.train_model:
-            for depth in args.depths:
-                name = f"{train_name}_{arch}_d{depth}_ctx{T}"
-                flags = ["--train_model", arch, "--depth", str(depth), "--train_name", train_name]
-                if args.lr is not None:
-                    flags += ["--base_hps.eta0", fmt_lr(args.lr)]
-                points.append(Point(name, flags, dict(train_name=train_name, arch=arch, depth=depth)))
-    return points
+    return grid_points(args, [("", [], {})])
 
 
 def depth_analyze(args: argparse.Namespace, points: list[Point]) -> int:
@@ -416,7 +418,6 @@ def tokens_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def tokens_points(args: argparse.Namespace) -> list[Point]:
-    T = ctx_of(args)
     if args.chinchilla:
         if not hasattr(args, "base_t0"):  # points() may be called twice; the flag is consumed once
             given = pop_extra(args, "--base_hps.t0")
@@ -431,17 +432,7 @@ def tokens_points(args: argparse.Namespace) -> list[Point]:
     else:
         budgets = [("tok" + fmt_count(t), ["--max_tokens", f"{t:g}"], dict(max_tokens=t))
                    for t in sorted(args.token_budgets)]
-    points = []
-    for train_name in args.train_name:
-        for arch in args.train_model:
-            for depth in args.depths:
-                for tag, budget_flags, label in budgets:
-                    flags = ["--train_model", arch, "--depth", str(depth), "--train_name", train_name] + budget_flags
-                    if args.lr is not None:
-                        flags += ["--base_hps.eta0", fmt_lr(args.lr)]
-                    points.append(Point(f"{train_name}_{tag}_{arch}_d{depth}_ctx{T}", flags,
-                                        dict(train_name=train_name, arch=arch, depth=depth, **label)))
-    return points
+    return grid_points(args, budgets)
 
 
 def grid_table(args: argparse.Namespace, rows: list[dict[str, Any]], key: str, values: list, heading: str,
@@ -510,19 +501,7 @@ def batch_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def batch_points(args: argparse.Namespace) -> list[Point]:
-    T = ctx_of(args)
-    points = []
-    for train_name in args.train_name:
-        for arch in args.train_model:
-            for depth in args.depths:
-                for b in sorted(args.batch_sizes):
-                    flags = ["--train_model", arch, "--depth", str(depth), "--train_name", train_name,
-                             "--total_bsz", str(b)]
-                    if args.lr is not None:
-                        flags += ["--base_hps.eta0", fmt_lr(args.lr)]
-                    points.append(Point(f"{train_name}_bsz{b}_{arch}_d{depth}_ctx{T}", flags,
-                                        dict(train_name=train_name, arch=arch, depth=depth, total_bsz=b)))
-    return points
+    return grid_points(args, [(f"bsz{b}", ["--total_bsz", str(b)], dict(total_bsz=b)) for b in sorted(args.batch_sizes)])
 
 
 def batch_analyze(args: argparse.Namespace, points: list[Point]) -> int:
