@@ -5,7 +5,7 @@
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/fsdp2}
 mkdir -p "$OUT"
-export EQ_PRECISION=32-true EQ_STRATEGY=fsdp
+export EQ_PRECISION=32-true EQ_STRATEGY=fsdp EQ_GLOBAL_ROWS=${EQ_GLOBAL_ROWS:-$(( ${NPROC:-2} > 4 ? 8 : 4 ))}
 CUDA_VISIBLE_DEVICES=0 python3 tests/helpers/ddp_equivalence.py "$OUT/eq_w1.json" > "$OUT/eq.log" 2>&1
 torchrun --nproc_per_node=${NPROC:-2} tests/helpers/ddp_equivalence.py "$OUT/eq_w2.json" >> "$OUT/eq.log" 2>&1
 echo "== equivalence"; cat "$OUT/eq_w1.json"; echo; cat "$OUT/eq_w2.json"; echo; tail -n 3 "$OUT/eq.log"

@@ -13,7 +13,7 @@ from lit_gpt.training.loop import Trainer
 from lit_gpt.scaling import BaseHyperparameters
 from lit_gpt.training.options import RunOptions
 
-VOCAB, T, MBS_TOTAL, STEPS = 128, 32, 4, 4
+VOCAB, T, STEPS = 128, 32, 4
 
 
 class GlobalBatchSlices:
@@ -40,9 +40,12 @@ def main(out_path: str) -> None:
     import os
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    micro = MBS_TOTAL // world
+    rows = int(os.environ.get("EQ_GLOBAL_ROWS", "4"))  # sequences per micro step, summed over ranks
+    if rows % world:
+        raise SystemExit(f"EQ_GLOBAL_ROWS={rows} must be a multiple of the {world} processes")
+    micro = rows // world
     opts = RunOptions(train_model="transformer", depth=2, ar=16, train_name="ddp_mup", ctx_len=T, micro_bsz=micro,
-                      total_bsz=2 * MBS_TOTAL * T, max_steps=STEPS, log_step=1, eval_step=10_000, save_step=10_000,
+                      total_bsz=2 * rows * T, max_steps=STEPS, log_step=1, eval_step=10_000, save_step=10_000,
                       out_dir=os.path.join(os.path.dirname(out_path), f"run_w{world}"), num_workers=0,
                       vocab_size=VOCAB, base_hps=BaseHyperparameters(d0=2, eta0=0.01, b0=256, warmup_tokens0=256),
                       strategy=os.environ.get("EQ_STRATEGY", "ddp") if world > 1 else "auto", compile=False,
