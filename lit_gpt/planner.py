@@ -20,16 +20,24 @@ dtype (2 under bf16, 4 under fp32), r = 4 (the residual stream is kept in fp32))
   norm, head -- plus up to two blocks, compute dtype); ``grad_op`` shards gradients and moments and keeps the
   weights whole; ``none``/DDP/single replicate everything (DDP adds its gradient buckets, one more gradient).
 * activations saved for backward, per block, from what our layers keep (see ``block_activation_bytes``):
-  attention ≈ n·(r·w + a·(w + (A+2K) + A + K + 2A)) + lse; MLP (SwiGLU, hidden H) ≈ n·(r·w + a·(w + 4H));
+  eager: attention ≈ n·(r·w + a·(w + (A+2K) + A + K + 2A)) + lse; MLP (SwiGLU, hidden H) ≈ n·(r·w + a·(w + 4H));
   Mamba ≈ n·a·(8·d_inner + dt_rank + 2·d_state) with a fused scan kernel; GMU ≈ 3·n·a·d_inner.
+  Compiled Blocks (``Assumptions.compiled``, default on CUDA like pretrain's --compile): inductor's min-cut
+  partitioner saves only what backward kernels read -- matmul/attention/scan inputs and the outputs of those
+  ops -- and recomputes pointwise chains: per norm the fp32 x·rstd goes (a·w + 4 stay), the mid-block fp32
+  residual becomes the out-projection's output (a·w), SwiGLU keeps 3H (silu recomputed), GMU 2·d_inner, Mamba
+  drops silu(z), cross-attention its pre-RoPE q. Checked exactly on a compiled CPU Block (tests/test_planner.py).
   With activation checkpointing only each block's input (n·w·r) is kept, plus one block recomputed in backward.
-* head: the cross-entropy keeps the fp32 gradient of the head weight (V·w·4) and the hidden gradient (n·w·4),
-  and holds one chunk of fp32 logits (4096·V·4, twice for softmax) -- or the full logits when
-  n·V ≤ 2^26 (dense path).
+* head: follows the loss ``kernels.cross_entropy.choose_impl`` will pick (``ce_impl``): fused (CUDA) and chunked
+  keep the hidden gradient (n·w·r) and the head weight's gradient (V·w, fp32); fused holds one chunk's logits
+  and their gradient in the compute dtype (chunks of ≈2^28 logits) plus the head weight's compute-dtype copy;
+  chunked one 4096-row chunk of fp32 logits twice; dense (n·V ≤ 2^26) the fp32 log-softmax, and only there is
+  the head weight's autocast copy kept among the weight copies.
 * transient: the largest one-block gradient buffer in backward (≈ one block's activations in fp32).
 
-The estimate is checked against measured peak tensor memory on CPU in tests/test_planner.py (within 15%);
-GPU runs add the CUDA context and allocator fragmentation (typically 1-3 GB), which is why the default
+The estimate is checked against measured peak tensor memory on CPU in tests/test_planner.py (within 15%). On an
+H100 (Transformer++ d16 mbs 2 / d8 mbs 4, ctx 4096, compiled Blocks, fused CE) it gave 28.15 / 9.59 GB against
+measured peaks of 28.23 / 10.19 GB (docs/mup.md). GPU runs add the CUDA context and allocator fragmentation (typically 1-3 GB), which is why the default
 headroom warning triggers at 90% of the device memory.
 """
 
@@ -37,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import math
 import os
@@ -52,6 +61,7 @@ DEVICE_PEAKS = {"h100": 989e12, "h200": 989e12, "h800": 989e12, "a100": 312e12, 
 DEVICE_MEMORY_GB = {"h100": 80.0, "h200": 141.0, "h800": 80.0, "a100": 80.0, "l4": 24.0}
 CE_DENSE_LIMIT = 2**26  # lit_gpt.kernels.cross_entropy.DENSE_LIMIT (kept equal; tests check)
 CE_CHUNK = 4096
+FUSED_CE_CHUNK_ELEMENTS = 2**28  # lit_gpt.kernels.fused_ops.CHUNK_ELEMENTS (kept equal; tests check)
 HEADROOM = 0.9  # warn above this share of device memory
 
 
@@ -66,6 +76,8 @@ class Assumptions:
     sharding: str = "auto"  # auto | full | grad_op | hybrid | none
     precision: Optional[str] = None  # default: bf16-mixed on CUDA, 32-true on CPU
     activation_checkpointing: bool = False
+    compiled: Optional[bool] = None  # each Block through torch.compile; default: on CUDA (pretrain's --compile)
+    ce_impl: Optional[str] = None  # head cross-entropy path; default: what kernels.cross_entropy.choose_impl picks
     device: str = "h100"
     device_memory_gb: Optional[float] = None  # default: the device's (80 for H100); None on CPU -> no check
     peak_flops: Optional[float] = None  # default: the device's dense bf16 peak
@@ -80,6 +92,8 @@ class Assumptions:
             a.sharding = ("hybrid" if a.nodes > 1 else "full") if a.strategy == "fsdp" else "none"
         if a.precision is None:
             a.precision = "bf16-mixed" if a.accelerator == "cuda" else "32-true"
+        if a.compiled is None:
+            a.compiled = a.accelerator == "cuda"
         if a.accelerator == "cuda":
             key = a.device.lower()
             if a.device_memory_gb is None:
@@ -103,51 +117,100 @@ def dtype_bytes(precision: str) -> tuple[int, int, int, int]:
     return 4, 4, 8, 4
 
 
-def mixer_activation_bytes(config: Config, spec, n: int, a: int) -> int:
-    """Bytes one mixer keeps for backward for n tokens (the norm before it is counted by the block)."""
+def mixer_activation_bytes(config: Config, spec, n: int, a: int, compiled: bool = False) -> int:
+    """Bytes one mixer keeps for backward for n tokens (the norm before it is counted by the block).
+
+    ``compiled``: the Block runs through torch.compile, whose min-cut partitioner saves only what the backward
+    kernels read (the inputs of matmuls, attention and scan, the outputs of those non-recomputable ops) and
+    recomputes pointwise chains (SiLU, gates). The differences from eager are named below."""
     A, K = config.attn_dim, config.kv_dim
     lse = n * config.n_head * 4  # attention's fp32 log-sum-exp per query and head
     if spec.mixer == "attention":
         # fused qkv output (k, v are views of it), RoPE'd q and k (new tensors), attention output (whose
-        # transpose-reshape into the out projection is a view: flash kernels return [B, T, H, D] memory)
+        # transpose-reshape into the out projection is a view: flash kernels return [B, T, H, D] memory).
+        # Compiled: the same -- every one is an input of the attention kernel's backward (v keeps the qkv storage)
         core = n * a * ((A + 2 * K) + (A + K if spec.rope else 0) + A) + lse
     elif spec.mixer == "cross_attention":
-        core = n * a * (A + (A if spec.rope else 0) + A) + lse
+        # q projection, RoPE'd q, output (k, v are the producer layer's). Compiled: the pre-RoPE q is recomputable
+        # only from the saved RoPE'd one, so only the attention kernel's inputs and output stay
+        core = n * a * (A + (A if spec.rope and not compiled else 0) + A) + lse
     elif spec.mixer == "mamba":
         d, N, r = config.d_inner, config.mamba_d_state, config.dt_rank
-        # in_proj out (x | z), conv out, silu(conv), x_proj out, dt, scan output y, silu(z), y·silu(z)
-        return n * a * (2 * d + d + d + (r + 2 * N) + d + d + d + d)
+        # in_proj out (x | z), conv out, silu(conv), x_proj out, dt, scan output y, silu(z), y·silu(z);
+        # compiled: silu(z) is recomputed from z (the other tensors feed conv, matmuls or the scan kernel)
+        return n * a * (2 * d + d + d + (r + 2 * N) + d + d + (0 if compiled else d) + d)
     elif spec.mixer == "gmu":
-        return n * a * 3 * config.d_inner  # in_proj out, silu, product (the memory is the Mamba layer's)
+        # in_proj out, silu, product (the memory is the Mamba layer's); compiled: silu recomputed
+        return n * a * (2 if compiled else 3) * config.d_inner
     else:
         raise ValueError(f"unknown mixer {spec.mixer!r}")
-    if spec.diff_attn:  # second softmax output, pair outputs and the fp32 sub-norm
+    if spec.diff_attn:  # second softmax output, pair outputs and the fp32 sub-norm (not re-derived for compile)
         core += n * a * 2 * A + n * 4 * 2 * A + lse
     return core
 
 
-def norm_activation_bytes(n: int, w: int, a: int) -> int:
+def norm_activation_bytes(n: int, w: int, a: int, compiled: bool = False) -> int:
     """RMSNorm/LayerNorm in fp32 keeps x·rstd (fp32) for the weight's gradient, rstd, and its output in the
-    compute dtype (saved by the Linear that follows). The residual input is counted separately."""
-    return n * w * 4 + n * w * a + n * 4
+    compute dtype (saved by the Linear that follows). The residual input is counted separately.
+    Compiled: x·rstd is recomputed from the (saved) input and rstd; the compute-dtype output stays saved because
+    the Linear's weight-gradient matmul reads it in backward."""
+    return (0 if compiled else n * w * 4) + n * w * a + n * 4
 
 
-def block_activation_bytes(config: Config, spec, n: int, a: int, r: int = 4) -> int:
-    """Bytes one block keeps for backward: its two residual-stream outputs (fp32), both norms, mixer, MLP."""
+def block_activation_bytes(config: Config, spec, n: int, a: int, r: int = 4, compiled: bool = False) -> int:
+    """Bytes one block keeps for backward: its input (fp32 residual stream), both norms, mixer, MLP, and in
+    between the mid-block residual (eager: the fp32 sum; compiled: the mixer's out-projection output in the
+    compute dtype, from which the partitioner recomputes the sum).
+
+    Compiled Transformer++ block per token: r·w + (a·w + 4) + a·(A+2K + A+K + A) + 4·heads + a·w + (a·w + 4)
+    + a·(2H + H) -- fc output (gate | up) and the product silu(gate)·up (the down projection's input); silu
+    itself is recomputed. Checked against a compiled Block on CPU in tests/test_planner.py."""
     w, H = config.n_embd, config.intermediate_size
-    total = n * w * r + norm_activation_bytes(n, w, a) + mixer_activation_bytes(config, spec, n, a)
+    total = n * w * r + norm_activation_bytes(n, w, a, compiled) + mixer_activation_bytes(config, spec, n, a, compiled)
     if config.mlp:
-        total += n * w * r + norm_activation_bytes(n, w, a) + n * a * 4 * H  # fc out (gate|up), silu, product
+        mid = n * w * a if compiled else n * w * r
+        mlp = n * a * (3 if compiled else 4) * H  # fc out (gate|up), silu (eager only), product
+        total += mid + norm_activation_bytes(n, w, a, compiled) + mlp
     return total
 
 
-def head_bytes(config: Config, n: int, a: int) -> dict[str, int]:
-    """Final norm + cross-entropy: bytes saved for backward and the transient peak inside the loss."""
+def ce_impl(n: int, vocab: int, assumptions: "Assumptions") -> str:
+    """The head cross-entropy path training will take: ``lit_gpt.kernels.cross_entropy.choose_impl``'s rule
+    (LITSCALE_CE_IMPL, else liger on CUDA when installed, else dense when n·V ≤ 2^26, else fused on CUDA and
+    chunked elsewhere), unless ``Assumptions.ce_impl`` names one."""
+    if assumptions.ce_impl:
+        return assumptions.ce_impl
+    forced = os.environ.get("LITSCALE_CE_IMPL")
+    if forced:
+        return forced
+    if assumptions.accelerator == "cuda" and importlib.util.find_spec("liger_kernel") is not None:
+        return "liger"
+    if n * vocab <= CE_DENSE_LIMIT:
+        return "dense"
+    return "fused" if assumptions.accelerator == "cuda" else "chunked"
+
+
+def fused_ce_chunk_rows(n: int, vocab: int) -> int:
+    """``lit_gpt.kernels.fused_ops.default_chunk_rows`` (kept equal; tests check)."""
+    return min(n, max(256, (FUSED_CE_CHUNK_ELEMENTS // max(vocab, 1)) // 256 * 256))
+
+
+def head_bytes(config: Config, n: int, a: int, impl: str = "chunked", r: int = 4, wb: int = 4) -> dict[str, int]:
+    """Final norm + cross-entropy: bytes saved for backward and the transient peak inside the loss, for the CE
+    path ``impl`` (see ``ce_impl``). r: bytes of the hidden state (the residual stream), wb: of the head weight."""
     V, w = config.padded_vocab_size, config.n_embd
     final_norm = n * w * 4 + n * 4  # x·rstd; its input is the last block's output (counted there)
-    if n * V <= CE_DENSE_LIMIT:  # dense: the head's input (compute dtype) and the fp32 log-softmax are saved;
+    if impl == "dense":  # the head's input (compute dtype) and the fp32 log-softmax are saved;
         # the fp32 logits (and, under autocast, their compute-dtype original) live only inside the loss
         return {"saved": final_norm + n * V * 4 + n * w * a, "transient": n * V * (4 + (a if a < 4 else 0))}
+    if impl in ("fused", "liger"):
+        # kernels/fused_ops.py: per chunk of c rows, logits and their gradient in the compute dtype (the compiled
+        # elementwise pass keeps no fp32 copy), next to the compute-dtype head weight, the chunk's input and the
+        # weight-gradient GEMM's output (or the chunk's hidden gradient before its fp32 copy, whichever is larger).
+        # Saved: the hidden gradient (r bytes) and the weight gradient (weight dtype). liger is taken as the same.
+        c = fused_ce_chunk_rows(n, V)
+        transient = 2 * c * V * a + V * w * a + c * w * a + max(V * w * a, c * w * (a + r))
+        return {"saved": final_norm + V * w * wb + n * w * r, "transient": transient}
     chunk = min(CE_CHUNK, n)  # chunked: the gradients of hidden (fp32) and of the head weight (fp32) are saved
     return {"saved": final_norm + V * w * 4 + n * w * 4, "transient": chunk * V * 4 * 2 + V * w * a}
 
@@ -188,13 +251,18 @@ def memory_estimate(config: Config, micro_batch: int, seq_len: int, assumptions:
     terms["gradients"] = accum_grads if grad_accum > 1 else 0.0
     if s.strategy == "ddp" and s.world > 1:
         terms["ddp_buckets"] = P * gb
+    impl = ce_impl(n, config.padded_vocab_size, s)
+    # the head weight's compute-dtype copy is autocast's (cached, saved) only on the dense path; the chunked,
+    # fused and liger losses cast it themselves inside the loss (counted in their transient)
+    head_copy = 0 if impl == "dense" else config.padded_vocab_size * config.n_embd
     if s.precision in ("bf16-mixed", "16-mixed"):  # autocast's bf16 weight copies, saved by each Linear
-        terms["weight_copies"] = (counts.matmul * 2 if not sharded_weights
+        # (compiled Blocks save them too: each is an input of a matmul in backward)
+        terms["weight_copies"] = ((counts.matmul - head_copy) * 2 if not sharded_weights
                                   else (root_params + 2 * max(per_block_params, default=0)) * 2)
     elif sharded_weights:  # the gathered root unit and up to two blocks (prefetch)
         terms["weight_copies"] = (root_params + 2 * max(per_block_params, default=0)) * wb
-    blocks = [block_activation_bytes(config, spec, n, a, r) for spec in plan]
-    head = head_bytes(config, n, a)
+    blocks = [block_activation_bytes(config, spec, n, a, r, compiled=bool(s.compiled)) for spec in plan]
+    head = head_bytes(config, n, a, impl, r=r, wb=wb)
     embed_out = n * config.n_embd * r
     terms["activations"] = sum(blocks) + embed_out + head["saved"]
     terms["head_transient"] = head["transient"]
@@ -212,7 +280,7 @@ def memory_estimate(config: Config, micro_batch: int, seq_len: int, assumptions:
         "activations_checkpointed": int(ac_acts),
         "total": int(peak), "total_with_checkpointing": int(peak_ac),
         "sharded_over": shard, "precision": s.precision, "strategy": s.strategy, "sharding": s.sharding,
-        "tokens_per_micro_step": n, "grad_accum": grad_accum,
+        "compiled": bool(s.compiled), "ce_impl": impl, "tokens_per_micro_step": n, "grad_accum": grad_accum,
     }
 
 
@@ -362,6 +430,9 @@ def assumptions_from_options(options: Any, **overrides: Any) -> Assumptions:
     a.precision = getattr(options, "precision", None)
     a.activation_checkpointing = bool(getattr(options, "activation_checkpointing", False)
                                       or getattr(options, "fsdp_save_mem", False))
+    compile_ = getattr(options, "compile", None)
+    if compile_ is not None:
+        a.compiled = bool(compile_)
     for name in ("assumed_mfu", "device_memory_gb"):  # optional RunOptions fields
         value = getattr(options, name, None)
         if value is not None:
@@ -402,10 +473,10 @@ def report_for(plan: Plan, config: Config, system: Any = None, options: Any = No
     """The report of an existing plan; ``system`` is training.parallel.System (or any object with accelerator,
     devices, nodes, strategy, precision), ``options`` the RunOptions (for sharding, checkpointing, MFU)."""
     a = assumptions_from_options(options) if options is not None else Assumptions()
-    for field_name in ("accelerator", "devices", "nodes", "strategy", "precision"):
+    for field_name in ("accelerator", "devices", "nodes", "strategy", "precision", "compile"):
         value = getattr(system, field_name, None) if system is not None else None
         if value is not None:
-            setattr(a, field_name, value)
+            setattr(a, "compiled" if field_name == "compile" else field_name, value)
     for k, v in overrides.items():
         if v is not None:
             setattr(a, k, v)
