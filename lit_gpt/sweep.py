@@ -267,6 +267,18 @@ def point_rows(args: argparse.Namespace, points: list[Point]) -> list[dict[str, 
     return rows
 
 
+def publish(root: str, stem: str, rows: list[dict[str, Any]], md: list[str], plot_script: str, png: str,
+            plot: bool = True) -> None:
+    """Write ROOT/STEM.md beside STEM.csv, draw the finished runs with a plots/ script, say what was written."""
+    with open(os.path.join(root, f"{stem}.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    dirs = [r["path"] for r in rows if r["status"] == "finished"]
+    drawn = bool(dirs) and plot
+    if drawn:
+        run_plot_script(plot_script, ["--runs", *dirs, "--out", os.path.join(root, png)])
+    print(f"wrote {root}/{stem}.csv, {root}/{stem}.md" + (f", {root}/{png}" if drawn else ""))
+
+
 # ------------------------------------------------------------------------------------------------ the grid
 def grid_points(args: argparse.Namespace, variants: list[tuple[str, list[str], dict[str, Any]]]) -> list[Point]:
     """One run per (train_name, arch, depth, variant); a variant is (name tag, extra flags, labels).
@@ -337,14 +349,9 @@ def lr_analyze(args: argparse.Namespace, points: list[Point]) -> int:
                 verdicts.append(verdict)
                 md += ["", verdict]
             md.append("")
-    with open(os.path.join(root, "lr_sweep.md"), "w") as f:
-        f.write("\n".join(md) + "\n")
     for v in verdicts:
         print(v)
-    dirs = [r["path"] for r in rows if r["status"] == "finished"]
-    if dirs:
-        run_plot_script("plot_lr_transfer", ["--runs", *dirs, "--out", os.path.join(root, "lr_transfer.png")])
-    print(f"wrote {root}/lr_sweep.csv, {root}/lr_sweep.md" + (f", {root}/lr_transfer.png" if dirs else ""))
+    publish(root, "lr_sweep", rows, md, "plot_lr_transfer", "lr_transfer.png")
     return 0
 
 
@@ -370,12 +377,8 @@ def depth_analyze(args: argparse.Namespace, points: list[Point]) -> int:
         md.append(f"| {r['train_name']} | {r['arch']} | {r['depth']} | {r['width'] or ''} | "
                   f"{(r['n_params_non_embedding'] or 0) / 1e6:.2f}M | {r['tokens'] or 0:.3g} | "
                   f"{r['flops'] or 0:.3g} | {fmt_loss(r['final_val_loss'])} |")
-    with open(os.path.join(root, "depth_sweep.md"), "w") as f:
-        f.write("\n".join(md) + "\n")
-    dirs = [r["path"] for r in rows if r["status"] == "finished"]
-    if len({(r["arch"], r["depth"]) for r in rows if r["status"] == "finished"}) >= 3:
-        run_plot_script("plot_flops_scaling", ["--runs", *dirs, "--out", os.path.join(root, "depth_scaling.png")])
-    print(f"wrote {root}/depth_sweep.csv, {root}/depth_sweep.md")
+    enough = len({(r["arch"], r["depth"]) for r in rows if r["status"] == "finished"}) >= 3  # a curve to fit
+    publish(root, "depth_sweep", rows, md, "plot_flops_scaling", "depth_scaling.png", plot=enough)
     return 0
 
 
@@ -478,14 +481,9 @@ def tokens_analyze(args: argparse.Namespace, points: list[Point]) -> int:
     md = [f"# Token-budget sweep ({', '.join(args.train_model)}; depths {', '.join(map(str, args.depths))})", "",
           "Final validation loss per training-token budget; **bold** = lowest; div = non-finite; "
           "— = no finished run.", ""] + md + verdicts
-    with open(os.path.join(root, "tokens_sweep.md"), "w") as f:
-        f.write("\n".join(md) + "\n")
     for v in verdicts:
         print(v)
-    dirs = [r["path"] for r in rows if r["status"] == "finished"]
-    if dirs:
-        run_plot_script("plot_data_scaling", ["--runs", *dirs, "--out", os.path.join(root, "data_scaling.png")])
-    print(f"wrote {root}/tokens_sweep.csv, {root}/tokens_sweep.md")
+    publish(root, "tokens_sweep", rows, md, "plot_data_scaling", "data_scaling.png")
     return 0
 
 
@@ -512,12 +510,7 @@ def batch_analyze(args: argparse.Namespace, points: list[Point]) -> int:
     md = [f"# Batch-size sweep ({', '.join(args.train_model)}; depths {', '.join(map(str, args.depths))})", "",
           "Final validation loss per global batch (tokens) at the same token budget; **bold** = lowest; "
           "— = no finished run.", ""] + md
-    with open(os.path.join(root, "batch_sweep.md"), "w") as f:
-        f.write("\n".join(md) + "\n")
-    dirs = [r["path"] for r in rows if r["status"] == "finished"]
-    if dirs:
-        run_plot_script("plot_training_curves", ["--runs", *dirs, "--out", os.path.join(root, "batch_curves.png")])
-    print(f"wrote {root}/batch_sweep.csv, {root}/batch_sweep.md")
+    publish(root, "batch_sweep", rows, md, "plot_training_curves", "batch_curves.png")
     return 0
 
 
