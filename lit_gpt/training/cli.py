@@ -8,13 +8,12 @@ from typing import Optional, Sequence
 
 from lit_gpt.training.options import RunOptions
 
-# Errors a user can fix: printed as one line, no traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = ()
 # OSErrors that are about the machine (full disk, quota, read-only or forbidden paths), not a bug: one line too.
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors a user can fix: printed as one line, no traceback (imported late to keep --help fast)."""
     from lit_gpt.config import ConfigError
     from lit_gpt.training.checkpoint import CheckpointError
     from lit_gpt.training.loop import TrainingStopped

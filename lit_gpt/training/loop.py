@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -23,7 +22,7 @@ from lit_gpt.config import Config
 from lit_gpt.model import GPT
 from lit_gpt.scaling import Plan, param_groups, transfer
 from lit_gpt.training.metrics import RunRecorder, Throughput, live_line
-from lit_gpt.training.options import BUILTIN_DATA_DIR, OptionsError, RunOptions
+from lit_gpt.training.options import OptionsError, RunOptions
 from lit_gpt.training.parallel import System, build_fabric, device_peak_flops, parallelize, resolve_system
 
 EXIT_TOO_MANY_SKIPS = 3
