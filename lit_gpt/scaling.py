@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from lit_gpt.config import Config
 
@@ -311,9 +311,13 @@ def is_vector_like(name: str) -> bool:
     return "weight" not in name or any(m in name for m in VECTOR_MARKERS)
 
 
-def param_groups(model: "torch.nn.Module", plan: Plan) -> list[dict[str, Any]]:
-    """Optimizer parameter groups with each group's lr (peak × multiplier) and weight decay."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+def param_groups(model: "torch.nn.Module | Iterable[tuple[str, torch.nn.Parameter]]", plan: Plan) -> list[dict[str, Any]]:
+    """Optimizer parameter groups with each group's lr (peak × multiplier) and weight decay.
+
+    ``model`` is a module or its (name, parameter) pairs (callers behind wrappers pass cleaned names).
+    """
+    pairs = model.named_parameters() if hasattr(model, "named_parameters") else model
+    named = [(n, p) for n, p in pairs if p.requires_grad]
     if "all" in plan.groups:
         rule = plan.groups["all"]
         return [{"name": "all", "params": [p for _, p in named], "lr": plan.lr * rule.lr_mult,

@@ -141,16 +141,8 @@ class Trainer:
             shutil.copyfile(source, self.out_dir / "tokenizer.json")
 
     def _param_groups(self) -> list[dict[str, Any]]:
-        class Named(torch.nn.Module):  # param_groups reads names; strip wrapper prefixes first
-            def __init__(self, pairs):
-                super().__init__()
-                self.pairs = pairs
-
-            def named_parameters(self, *args, **kwargs):
-                return iter(self.pairs)
-
-        pairs = [(clean_name(n), p) for n, p in self.model.named_parameters()]
-        return param_groups(Named(pairs), self.plan)
+        """μP groups classify by parameter name, so wrapper prefixes (FSDP, AC, Fabric) are stripped first."""
+        return param_groups([(clean_name(n), p) for n, p in self.model.named_parameters()], self.plan)
 
     def build_loaders(self) -> None:
         from lit_gpt.data.loader import build_train_loader, build_val_loader, load_mixture
