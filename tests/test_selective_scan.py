@@ -286,11 +286,12 @@ _INTERPRET_SCRIPT = textwrap.dedent(r"""
 """)
 
 
-def test_triton_interpreter_parity(tmp_path):
+@pytest.mark.parametrize("fwd_impl", ["step", "tile"])
+def test_triton_interpreter_parity(tmp_path, fwd_impl):
     pytest.importorskip("triton")
     script = tmp_path / "interp.py"
     script.write_text(_INTERPRET_SCRIPT)
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO), "LITSCALE_SCAN_FWD_IMPL": fwd_impl}
     proc = subprocess.run([sys.executable, str(script), str(REPO)], capture_output=True, text=True, env=env,
                           timeout=300)
     if proc.returncode == 77:

@@ -6,6 +6,10 @@ loaded at once (coalesced [BLOCK_T, BLOCK_D] loads of x and dt, [BLOCK_T, d_stat
 recurrence inside the tile is an associative scan over the time axis of the affine maps h -> a h + u
 (a = exp(delta A) in (0, 1], or 0 at a reset), so only the carry between tiles is sequential.
 
+The default forward kernel (``_scan_fwd_step_kernel``, CONFIG["FWD_IMPL"] = "step") walks one step per iteration
+instead, with the next step's loads issued before the current step's arithmetic; on an H100 it beat the tile
+kernel by 1.2-1.5x (the tile scan's row extraction costs more than the latency it hides).
+
 Forward saves the inputs plus the state at the start of every checkpoint chunk (CONFIG["CKPT_STEPS"] steps):
 [batch, n_chunks, d_inner, d_state] fp32.  Backward walks the chunks in reverse: it recomputes the states at
 the start of the chunk's tiles (kept in a small per-program scratch buffer), then for each tile in reverse
@@ -42,14 +46,20 @@ def _env_int(name: str, default: int) -> int:
 # Launch configuration. Mutable so that benchmarks can sweep it; CKPT_STEPS (the checkpoint
 # interval) must not change between a forward and its backward.
 CONFIG = {
-    # Defaults chosen from sm_90 compiles (ptxas -v, no GPU run yet): one warp per program, one channel per lane,
-    # 2-step tiles keep forward at ~154 and backward at ~236 registers without spills.  The backward keeps
+    # Defaults from the H100 sweep of 2026-11-26 (`python benchmarks/scan.py --sweep-only`, docs/benchmarks.md):
+    # forward "step" kernel, one warp per 64 channels (two per lane): 4.07 ms vs 6.13 ms for the 2-step tile
+    # kernel at 64k tokens x 4096 channels, 0.99 vs 1.21 ms at 8k.  Backward: one warp, one channel per lane,
+    # 2-step tiles (every wider or longer tile was slower).  CKPT_STEPS 8 made the backward 10% faster than
+    # 64 but saves 8x the states (d_state * 4 / CKPT_STEPS bytes per token and channel), so 64 stays.  The backward keeps
     # the states at the start of every tile of one checkpoint chunk in a per-program scratch buffer
     # (CKPT_STEPS / BWD_BLOCK_T states), so a smaller CKPT_STEPS keeps that buffer in L2 while a larger one
     # saves less memory between forward and backward (d_state * 4 / CKPT_STEPS bytes per token and channel).
     "CKPT_STEPS": _env_int("LITSCALE_SCAN_CKPT_STEPS", 64),  # forward saves the state every CKPT_STEPS steps
+    # forward kernel: "step" (one time step per iteration, next step's loads in flight) or "tile"
+    # (BLOCK_T steps per iteration through an associative scan)
+    "FWD_IMPL": os.environ.get("LITSCALE_SCAN_FWD_IMPL", "step"),
     "FWD_BLOCK_T": _env_int("LITSCALE_SCAN_FWD_BLOCK_T", 2),
-    "FWD_BLOCK_D": _env_int("LITSCALE_SCAN_FWD_BLOCK_D", 32),
+    "FWD_BLOCK_D": _env_int("LITSCALE_SCAN_FWD_BLOCK_D", 64),
     "FWD_WARPS": _env_int("LITSCALE_SCAN_FWD_WARPS", 1),
     "BWD_BLOCK_T": _env_int("LITSCALE_SCAN_BWD_BLOCK_T", 2),
     "BWD_BLOCK_D": _env_int("LITSCALE_SCAN_BWD_BLOCK_D", 32),
@@ -62,6 +72,8 @@ CONFIG = {
 
 
 def _check_config(cfg) -> None:
+    if cfg["FWD_IMPL"] not in ("step", "tile"):
+        raise ValueError(f"FWD_IMPL={cfg['FWD_IMPL']!r} must be 'step' or 'tile'")
     for k in ("FWD_BLOCK_T", "BWD_BLOCK_T"):
         bt = cfg[k]
         if bt < 1 or bt & (bt - 1) or cfg["CKPT_STEPS"] % bt:
@@ -223,6 +235,113 @@ def _scan_fwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, reset_
                 y += Dv[None, :] * x
             tl.store(y_ptr + xd_off, y.to(y_ptr.dtype.element_ty), mask=m2)
         h = tl.sum(tl.where(offs_t[:, None, None] == BLOCK_T - 1, hs, 0.0), axis=0)
+    if SUMMARY:
+        tl.store(sumU_ptr + seg_off, h, mask=mnd)
+        tl.store(sumP_ptr + seg_off, p_acc, mask=mnd)
+    else:
+        tl.store(hT_ptr + state_off, h, mask=mnd & (pid_s == n_seg - 1))
+
+
+@triton.jit(do_not_specialize=["sn"])
+def _scan_fwd_step_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, reset_ptr, h0_ptr,
+                          y_ptr, hT_ptr, ckpt_ptr, sumU_ptr, sumP_ptr,
+                          T, DIM, NS, n_ckpt, seg_len, n_seg, sn,
+                          NP: tl.constexpr, BLOCK_D: tl.constexpr, CKPT_STEPS: tl.constexpr,
+                          EVEN_D: tl.constexpr, EVEN_N: tl.constexpr,
+                          HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESET: tl.constexpr,
+                          HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr, SUMMARY: tl.constexpr):
+    """Same contract and grid as _scan_fwd_kernel, one time step per iteration: no tile scan and no row
+    extraction, so a step costs one exp2 and three FMAs per state.  The next step's inputs are loaded before
+    this step's arithmetic (carried in registers) to hide the load latency; that load reads a clamped, valid
+    time index so it needs no mask.  B[t] and C[t] are loaded as [NP, 1] columns that every lane holds whole
+    (the same addresses across the warp) and broadcast over the channels for free."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, NP)
+    mask_d = offs_d < DIM
+    mask_n = offs_n < NS
+    mnd = mask_n[:, None] & mask_d[None, :]
+    nd_off = offs_d[None, :] * NS + offs_n[:, None] * sn  # [NP, BD] into a [.., DIM, NS] array
+    # exp(delta A) = exp2(delta A log2 e): fold log2 e into A once (ex2 is the hardware instruction)
+    A2 = tl.load(A_ptr + nd_off, mask=mnd, other=0.0).to(tl.float32) * 1.4426950408889634
+    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    state_off = pid_b * DIM * NS + nd_off
+    seg_off = (pid_b * n_seg + pid_s) * DIM * NS + nd_off
+    h = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
+    if HAS_H0:
+        h = tl.load(h0_ptr + seg_off, mask=mnd, other=0.0).to(tl.float32)
+    p_acc = tl.full([NP, BLOCK_D], 1.0, tl.float32)
+    t_lo = pid_s * seg_len
+    t_hi = tl.minimum(T, t_lo + seg_len)
+    n_col = offs_n[:, None]  # [NP, 1]; B and C rows are contiguous (the wrapper passes contiguous tensors)
+    n_col_mask = mask_n[:, None]
+    x_row = x_ptr + pid_b * T * DIM + offs_d  # row pointers at t = 0
+    dt_row = dt_ptr + pid_b * T * DIM + offs_d
+    y_row = y_ptr + pid_b * T * DIM + offs_d
+    B_row = B_ptr + pid_b * T * NS
+    C_row = C_ptr + pid_b * T * NS
+    t_first = tl.minimum(t_lo, T - 1).to(tl.int64)
+    if EVEN_D:
+        x_n = tl.load(x_row + t_first * DIM)
+        z_n = tl.load(dt_row + t_first * DIM)
+    else:
+        x_n = tl.load(x_row + t_first * DIM, mask=mask_d, other=0.0)
+        z_n = tl.load(dt_row + t_first * DIM, mask=mask_d, other=0.0)
+    if EVEN_N:
+        B_n = tl.load(B_row + t_first * NS + n_col)
+        C_n = tl.load(C_row + t_first * NS + n_col)
+    else:
+        B_n = tl.load(B_row + t_first * NS + n_col, mask=n_col_mask, other=0.0)
+        C_n = tl.load(C_row + t_first * NS + n_col, mask=n_col_mask, other=0.0)
+    for t in range(t_lo, t_hi):
+        x = x_n.to(tl.float32)
+        z = z_n.to(tl.float32)
+        Bt = B_n.to(tl.float32)
+        Ct = C_n.to(tl.float32)
+        t_next = tl.minimum(t + 1, t_hi - 1).to(tl.int64)
+        if EVEN_D:
+            x_n = tl.load(x_row + t_next * DIM)
+            z_n = tl.load(dt_row + t_next * DIM)
+        else:
+            x_n = tl.load(x_row + t_next * DIM, mask=mask_d, other=0.0)
+            z_n = tl.load(dt_row + t_next * DIM, mask=mask_d, other=0.0)
+        if EVEN_N:
+            B_n = tl.load(B_row + t_next * NS + n_col)
+            C_n = tl.load(C_row + t_next * NS + n_col)
+        else:
+            B_n = tl.load(B_row + t_next * NS + n_col, mask=n_col_mask, other=0.0)
+            C_n = tl.load(C_row + t_next * NS + n_col, mask=n_col_mask, other=0.0)
+        if not SUMMARY:
+            if t % CKPT_STEPS == 0:
+                tl.store(ckpt_ptr + (pid_b * n_ckpt + t // CKPT_STEPS) * DIM * NS + nd_off, h, mask=mnd)
+        if HAS_BIAS:
+            z = z + bias
+        if SOFTPLUS:
+            delta = _softplus(z)
+        else:
+            delta = z
+        a = tl.exp2(delta[None, :] * A2)
+        if HAS_RESET:
+            r = tl.load(reset_ptr + pid_b * T + t)
+            a = tl.where(r != 0, 0.0, a)
+        h = a * h + (delta * x)[None, :] * Bt
+        if SUMMARY:
+            p_acc = p_acc * a
+        else:
+            y = tl.sum(h * Ct, axis=0)
+            if HAS_D:
+                y += Dv * x
+            if EVEN_D:
+                tl.store(y_row + t.to(tl.int64) * DIM, y.to(y_ptr.dtype.element_ty))
+            else:
+                tl.store(y_row + t.to(tl.int64) * DIM, y.to(y_ptr.dtype.element_ty), mask=mask_d)
     if SUMMARY:
         tl.store(sumU_ptr + seg_off, h, mask=mnd)
         tl.store(sumP_ptr + seg_off, p_acc, mask=mnd)
@@ -410,15 +529,20 @@ def _scan_fwd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optiona
     h0 = initial_state
     args = (x, dt, A, B, C, D if D is not None else x, dt_bias if dt_bias is not None else x,
             reset.view(torch.uint8) if reset is not None else x)
-    meta = dict(NP=_np2(ns), BLOCK_T=cfg["FWD_BLOCK_T"], BLOCK_D=cfg["FWD_BLOCK_D"],
-                CKPT_TILES=cfg["CKPT_STEPS"] // cfg["FWD_BLOCK_T"], HAS_D=D is not None,
+    meta = dict(NP=_np2(ns), BLOCK_D=cfg["FWD_BLOCK_D"], HAS_D=D is not None,
                 HAS_BIAS=dt_bias is not None, HAS_RESET=reset is not None, SOFTPLUS=dt_softplus,
                 num_warps=cfg["FWD_WARPS"])
+    if cfg["FWD_IMPL"] == "step":
+        kernel = _scan_fwd_step_kernel
+        meta.update(CKPT_STEPS=cfg["CKPT_STEPS"], EVEN_D=dim % cfg["FWD_BLOCK_D"] == 0, EVEN_N=ns == _np2(ns))
+    else:
+        kernel = _scan_fwd_kernel
+        meta.update(BLOCK_T=cfg["FWD_BLOCK_T"], CKPT_TILES=cfg["CKPT_STEPS"] // cfg["FWD_BLOCK_T"])
     if n_seg > 1:
         # pass 1: every segment but the last scans from zero -> (end state U_s, decay product P_s)
         sumU = torch.empty(b, n_seg, dim, ns, device=x.device, dtype=torch.float32)
         sumP = torch.empty_like(sumU)
-        _scan_fwd_kernel[(b, n_dblk, n_seg - 1)](
+        kernel[(b, n_dblk, n_seg - 1)](
             *args, x, y, hT, ckpt, sumU, sumP, T, dim, ns, n_ckpt, seg_len, n_seg, 1,
             HAS_H0=False, SUMMARY=True, **meta)
         # chain: start of segment s = P_{s-1} * start_{s-1} + U_{s-1}
@@ -429,7 +553,7 @@ def _scan_fwd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optiona
             h = torch.addcmul(sumU[:, i - 1], sumP[:, i - 1], h)
             starts[:, i] = h
         h0 = starts
-    _scan_fwd_kernel[(b, n_dblk, n_seg)](
+    kernel[(b, n_dblk, n_seg)](
         *args, h0 if h0 is not None else x, y, hT, ckpt, x, x, T, dim, ns, n_ckpt, seg_len, n_seg, 1,
         HAS_H0=h0 is not None, SUMMARY=False, **meta)
     return y, hT, ckpt
