@@ -219,6 +219,11 @@ _COMPILED_FLEX = None
 def _compiled_flex():
     global _COMPILED_FLEX
     if _COMPILED_FLEX is None:
+        import torch._dynamo
+
+        # one graph per (shape, mask kind, grad mode): a 4k..32k sweep with windows and documents passes dynamo's
+        # default of 8, after which Flex silently runs unfused (full score matrices)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         _COMPILED_FLEX = torch.compile(_flex_attention, dynamic=False)
     return _COMPILED_FLEX
 
@@ -233,7 +238,14 @@ def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: 
     fn = _compiled_flex() if compiled and not torch.compiler.is_compiling() else _flex_attention
     if not q.is_cuda and not torch.is_grad_enabled():  # CPU Flex has no backward and refuses grad-requiring inputs
         q, k, v = q.detach(), k.detach(), v.detach()
-    return fn(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+    options = WIDE_VALUE_FLEX_OPTIONS if q.is_cuda and v.shape[-1] > 128 else None
+    return fn(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1],
+              kernel_options=options)
+
+
+# The default FlexAttention backward tiles need ~247 KB of shared memory once values are 256 wide (differential
+# attention), more than an H100's 232 KB: smaller tiles and a single pipeline stage fit.
+WIDE_VALUE_FLEX_OPTIONS = {"BLOCK_M1": 32, "BLOCK_N1": 64, "BLOCK_M2": 64, "BLOCK_N2": 32, "num_stages": 1}
 
 
 # ------------------------------------------------------------------------------------------- flash-attn
