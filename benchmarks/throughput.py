@@ -23,6 +23,9 @@ in pinned host memory, like the loader's), then times exactly ``trainer.forward_
 model is freed. Results print as a table and as JSON lines; ``--json`` keeps them all (rewritten after each).
 MFU: FLOPs per token from ``lit_gpt.scaling.flops_per_token`` (SPEC §6) and from the shared anchors' formula
 6·(params − embedding) + 6·L·w·T, both over 989 TF/s (H100/H200 dense bf16).
+
+``--profile_steps N [--profile_dir DIR]``: after a variant's timed steps, N more under torch.profiler, and a breakdown
+of the step's kernel time (idle gap, categories, phases, gemm TF/s, top kernels; benchmarks/profile_breakdown.py).
 """
 
 from __future__ import annotations
@@ -179,10 +182,10 @@ def run_ours(args: argparse.Namespace, variant: Variant, work_dir: Path) -> dict
     tokens_per_step = args.micro_bsz * args.ctx_len * args.grad_accum
     opts = RunOptions(train_model=args.train_model, depth=args.depth, ar=args.ar, vocab_size=args.vocab_size,
                       train_name=args.train_name, ctx_len=args.ctx_len, micro_bsz=args.micro_bsz,
-                      total_bsz=tokens_per_step, max_steps=args.warmup + args.steps + 1, out_dir=str(out_dir),
-                      train_data_dir=str(out_dir), devices=1, strategy="single", precision=args.precision,
-                      compile=variant.compile == "blocks", activation_checkpointing=variant.ac,
-                      skip_nonfinite=variant.guard, seed=args.seed, num_workers=0)
+                      total_bsz=tokens_per_step, max_steps=args.warmup + args.steps + args.profile_steps + 1,
+                      out_dir=str(out_dir), train_data_dir=str(out_dir), devices=1, strategy="single",
+                      precision=args.precision, compile=variant.compile == "blocks",
+                      activation_checkpointing=variant.ac, skip_nonfinite=variant.guard, seed=args.seed, num_workers=0)
     with contextlib.ExitStack() as stack:
         stack.enter_context(env_var("LITSCALE_CE_IMPL", variant.ce))
         stack.enter_context(expanded_kv(variant.expand_kv))
@@ -242,6 +245,8 @@ def run_ours(args: argparse.Namespace, variant: Variant, work_dir: Path) -> dict
                       model=config.name, ce_impl=variant.ce or "default", compile=variant.compile,
                       mem_before_gb=round(mem_before / 1e9, 2),
                       dynamo={k: graphs_after[k] - graphs_before[k] for k in graphs_after})
+        if args.profile_steps:
+            result["profile"] = profile_ours(args, variant, trainer, step, device, tokens_per_step, result["step_ms"])
         if args.planner:
             try:
                 result["planner"] = planner_estimate(trainer.opts, config, args.micro_bsz, args.ctx_len,
@@ -255,6 +260,27 @@ def run_ours(args: argparse.Namespace, variant: Variant, work_dir: Path) -> dict
         del trainer, batches, optimizer, fabric, step, timing
     shutil.rmtree(out_dir, ignore_errors=True)
     return result
+
+
+def profile_ours(args, variant: Variant, trainer: Any, step, device: torch.device, tokens: int,
+                 step_ms: float) -> dict[str, Any]:
+    """``--profile_steps``: the breakdown of benchmarks/profile_breakdown.py for this variant's (warm) step; a failure
+    is recorded in the row instead of discarding the variant's timing."""
+    from benchmarks import profile_breakdown as pb
+    from lit_gpt.kernels import cross_entropy
+
+    marks = [(trainer.fabric, "clip_gradients", pb.CLIP_MARK)]
+    if variant.compile != "model":  # the head's loss runs eagerly after the compiled Blocks
+        marks.append((cross_entropy, "linear_cross_entropy", pb.HEAD_MARK))
+    linear = sum(m.weight.numel() for m in trainer.model.modules() if isinstance(m, torch.nn.Linear))
+    try:
+        return pb.profile_steps(step, args.profile_steps, device, name=variant.name, tokens=tokens,
+                                model_flops=trainer.plan.flops_per_token * tokens, linear_weights=linear,
+                                step_ms=step_ms, peak_flops=PEAK_BF16 if device.type == "cuda" else None, marks=marks,
+                                out_dir=args.profile_dir)
+    except Exception as err:
+        print(traceback.format_exc(), file=sys.stderr, flush=True)
+        return {"error": f"{type(err).__name__}: {err}"}
 
 
 def dynamo_counts() -> dict[str, int]:
@@ -339,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", action="store_true", help="CPU smoke mode: tiny model, no compile, seconds")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--planner", action="store_true", help="attach the planner's memory estimate to each of our runs")
+    p.add_argument("--profile_steps", type=int, default=0,
+                   help="after the timed steps, profile this many more and print where the time goes")
+    p.add_argument("--profile_dir", default=None,
+                   help="with --profile_steps: also write each variant's breakdown JSON and a gzipped trace here")
     p.add_argument("--summarize", nargs="+", default=None, metavar="JSON",
                    help="print one table from result files written by --json, then exit")
     return p
@@ -433,7 +463,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             if "error" in result:  # outside the handler: the traceback no longer holds the failed run's tensors
                 free_memory(reset_dynamo=True)
             results.append(result)
-            print(json.dumps({k: v for k, v in result.items() if k not in ("traceback", "variant")}), flush=True)
+            print(json.dumps({k: v for k, v in result.items() if k not in ("traceback", "variant", "profile")}),
+                  flush=True)
             if args.json:
                 Path(args.json).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.json).write_text(json.dumps(dict(header, results=results), indent=2))
