@@ -7,7 +7,8 @@ lm-eval's own command line, so every lm-eval flag works (``--include_path``, ``-
 
 When ``pretrained`` is a run folder (or a checkpoint inside one) and no ``--output_path`` is given, results go to
 ``OUT/eval/lm_eval/`` where ``python -m lit_gpt.eval.summary OUT`` finds them. Data parallel:
-``accelerate launch eval.py ...`` (each process takes its share of the requests). See docs/eval.md.
+``accelerate launch --multi_gpu --num_processes N eval.py ...`` or torchrun (each process takes its share of the
+requests). See docs/eval.md.
 """
 
 from __future__ import annotations

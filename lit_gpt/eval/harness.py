@@ -10,13 +10,17 @@ Call :func:`register` to add the model to lm-eval's registry (``eval.py`` does t
 request; default False, lm-eval's usual behaviour), ``allow_extrapolation`` (allow max_length beyond the training
 length of RoPE models), ``seed`` (sampling). Unknown lm-eval extras (``trust_remote_code``, ...) are accepted.
 
-Data parallel: under ``accelerate launch`` / ``torchrun`` (``WORLD_SIZE`` > 1) each process loads the model on
-``cuda:LOCAL_RANK`` and lm-eval's evaluator gives each rank its share of the requests; this class provides the
-rank, world size and collectives it needs.
+Data parallel: under ``accelerate launch --multi_gpu --num_processes N`` / ``torchrun --nproc_per_node N``
+(``WORLD_SIZE`` > 1) each process loads the model on ``cuda:LOCAL_RANK`` (NCCL), or on the CPU (gloo) with
+``--device cpu`` or without CUDA, and lm-eval's evaluator gives each rank its share of the requests and gathers the
+metrics on rank 0; this class provides the rank, world size and collectives it needs. Note that
+``accelerate launch --cpu --num_processes N`` starts ONE process unless ``--mpirun_hostfile`` is given (accelerate's
+multi-CPU launch goes through ``mpirun``); on one CPU machine use ``--multi_gpu`` (torchrun) with ``--device cpu``.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 from typing import Any, Optional
@@ -40,6 +44,35 @@ def _bool(v: Any) -> bool:
     return bool(v)
 
 
+def _env_int(names: tuple[str, ...], default: int) -> int:
+    for name in names:
+        value = os.environ.get(name)
+        if value not in (None, ""):
+            return int(value)
+    return default
+
+
+def _launch_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) set by the launcher: torchrun / ``accelerate launch --multi_gpu`` (``RANK``,
+    ``WORLD_SIZE``, ``LOCAL_RANK``) or MPI, which ``accelerate launch --cpu --mpirun_hostfile`` uses (Open MPI,
+    Intel MPI / MPICH, MVAPICH variables, as accelerate reads them). (1 process when none is set.)"""
+    world = _env_int(("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"), 1)
+    rank = _env_int(("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK"), 0)
+    local = _env_int(("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK"),
+                     rank)
+    return rank, world, local
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - best effort at interpreter exit
+            pass
+
+
 class LitScaleLM(TemplateLM):
     """lm-eval LM over :func:`lit_gpt.inference.load_model`."""
 
@@ -52,17 +85,15 @@ class LitScaleLM(TemplateLM):
         pretrained, config, tokenizer = unquote(pretrained), unquote(config), unquote(tokenizer)
         if extra:
             log.info("ArchScale model: ignoring model args %s", sorted(extra))
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank, world, local = _launch_env()
         if world > 1:
-            import torch.distributed as dist
-
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            if torch.cuda.is_available():
-                torch.cuda.set_device(local)
-                device = f"cuda:{local}"
-            if not dist.is_initialized():
-                dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-            self._rank, self._world_size = dist.get_rank(), dist.get_world_size()
+            device = self._init_distributed(device, rank, world, local)
+        elif _bool(os.environ.get("ACCELERATE_USE_CPU", "false")) and "MASTER_PORT" in os.environ:
+            # accelerate's simple launcher sets MASTER_* only for --num_processes > 1, yet starts one process
+            log.warning("ArchScale model: `accelerate launch --cpu --num_processes N` starts a single process "
+                        "(accelerate launches several CPU processes only through mpirun, --mpirun_hostfile); "
+                        "this process evaluates everything. For N CPU processes on one machine use "
+                        "`accelerate launch --multi_gpu --num_processes N eval.py ... --device cpu` or torchrun.")
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self._device = torch.device(device)
@@ -85,6 +116,34 @@ class LitScaleLM(TemplateLM):
         log.info("ArchScale model: %s (%s, step %s) from %s, max_length %d, %s on %s", self.config.name,
                  self.config.parameterization, self.info.step, self.info.checkpoint, self._max_length,
                  next(self.model.parameters()).dtype, self._device)
+
+    def _init_distributed(self, device: Optional[str], rank: int, world: int, local: int) -> str:
+        """One process of a data-parallel launch: pick this rank's device and join (or reuse) the process group.
+
+        CUDA: ``cuda:LOCAL_RANK`` (modulo the visible devices) and NCCL; CPU (``--device cpu``, ``accelerate launch
+        --cpu`` or no CUDA): gloo. Ranks come from the launcher's environment (see :func:`_launch_env`)."""
+        import torch.distributed as dist
+
+        use_cpu = (not torch.cuda.is_available() or (device is not None and str(device).startswith("cpu"))
+                   or _bool(os.environ.get("ACCELERATE_USE_CPU", "false")))
+        if use_cpu:
+            device = "cpu"
+        else:
+            index = local % torch.cuda.device_count()
+            torch.cuda.set_device(index)
+            device = f"cuda:{index}"
+        if not dist.is_initialized():
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", "29500")
+            backend = "gloo" if use_cpu else "nccl"
+            kwargs = {} if use_cpu else {"device_id": torch.device(device)}
+            dist.init_process_group(backend, rank=rank, world_size=world, **kwargs)
+            atexit.register(_destroy_process_group)
+        self._rank, self._world_size = dist.get_rank(), dist.get_world_size()
+        if self._world_size != world:
+            log.warning("ArchScale model: launcher says %d processes, process group has %d", world, self._world_size)
+        log.info("ArchScale model: rank %d of %d on %s", self._rank, self._world_size, device)
+        return device
 
     # ------------------------------------------------------------------ lm-eval plumbing
     @property
