@@ -33,8 +33,8 @@ __all__ = ["attention", "attention_mask", "sdpa", "choose_impl", "IMPLS", "Causa
 IMPLS = ("reference", "sdpa", "flash", "flex", "block_local")
 ENV_VAR = "LITSCALE_ATTN_IMPL"
 # On CUDA without flash-attn, windows up to this size use the tiled SDPA path instead of FlexAttention
-# (0 = never). H100, 2026-11-25 (docs/benchmarks.md): Flex SWA 128 at T=4096 ran fwd+bwd in 0.58 ms against
-# 1.53 ms for the tiled path, so Flex stays the default for ordinary heads.
+# (0 = never). H100, 2026-11-26 (docs/benchmarks.md §3): Flex SWA 128 / 512 beat the tiled path at every length
+# from 4k to 32k (2.9 vs 9.6 ms and 4.4 vs 13.1 ms fwd+bwd at 32k), so Flex stays the default for ordinary heads.
 BLOCK_LOCAL_MAX_WINDOW_CUDA = 0
 # FlexAttention's compiled backward needs more shared memory than an H100 has (≈247 KB > 232 KB) once the value
 # width passes 128 (differential attention's 2·head_dim values): those calls take the tiled SDPA path.
