@@ -261,8 +261,8 @@ _INTERPRET_SCRIPT = textwrap.dedent(r"""
     try:
         got = run(selective_scan, inp, reset, impl="triton")
     except Exception as e:
-        mod = type(e).__module__ or ""
-        if isinstance(e, (NotImplementedError, AttributeError)) or mod.startswith("triton"):
+        # only a feature the interpreter lacks may skip; any other error (our kernels' bugs included) fails
+        if isinstance(e, NotImplementedError) or "not supported" in str(e).lower():
             import traceback; traceback.print_exc(); print("UNSUPPORTED run:", repr(e)); sys.exit(77)
         raise
     ref = run(selective_scan_reference, inp, reset)

@@ -49,7 +49,8 @@ CONFIG = {
     # Defaults from the H100 sweep of 2026-11-26 (`python benchmarks/scan.py --sweep-only`, docs/benchmarks.md):
     # forward "step" kernel, one warp per 64 channels (two per lane): 4.07 ms vs 6.13 ms for the 2-step tile
     # kernel at 64k tokens x 4096 channels, 0.99 vs 1.21 ms at 8k.  Backward: one warp, one channel per lane,
-    # 2-step tiles (every wider or longer tile was slower).  CKPT_STEPS 8 made the backward 10% faster than
+    # 2-step tiles (every wider or longer tile was slower; a step-pair backward in the style of the forward kernel
+    # measured 31.8 vs 27.7 ms at 64k tokens and was dropped, docs/benchmarks.md).  CKPT_STEPS 8 made the backward 10% faster than
     # 64 but saves 8x the states (d_state * 4 / CKPT_STEPS bytes per token and channel), so 64 stays.  The backward keeps
     # the states at the start of every tile of one checkpoint chunk in a per-program scratch buffer
     # (CKPT_STEPS / BWD_BLOCK_T states), so a smaller CKPT_STEPS keeps that buffer in L2 while a larger one
@@ -287,37 +288,47 @@ def _scan_fwd_step_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, r
     y_row = y_ptr + pid_b * T * DIM + offs_d
     B_row = B_ptr + pid_b * T * NS
     C_row = C_ptr + pid_b * T * NS
+    # running pointers (advanced by one row per step; the prefetch stays on the last row at the end)
     t_first = tl.minimum(t_lo, T - 1).to(tl.int64)
+    xp = x_row + t_first * DIM
+    zp = dt_row + t_first * DIM
+    yp = y_row + t_first * DIM
+    Bp = B_row + t_first * NS + n_col
+    Cp = C_row + t_first * NS + n_col
     if EVEN_D:
-        x_n = tl.load(x_row + t_first * DIM)
-        z_n = tl.load(dt_row + t_first * DIM)
+        x_n = tl.load(xp)
+        z_n = tl.load(zp)
     else:
-        x_n = tl.load(x_row + t_first * DIM, mask=mask_d, other=0.0)
-        z_n = tl.load(dt_row + t_first * DIM, mask=mask_d, other=0.0)
+        x_n = tl.load(xp, mask=mask_d, other=0.0)
+        z_n = tl.load(zp, mask=mask_d, other=0.0)
     if EVEN_N:
-        B_n = tl.load(B_row + t_first * NS + n_col)
-        C_n = tl.load(C_row + t_first * NS + n_col)
+        B_n = tl.load(Bp)
+        C_n = tl.load(Cp)
     else:
-        B_n = tl.load(B_row + t_first * NS + n_col, mask=n_col_mask, other=0.0)
-        C_n = tl.load(C_row + t_first * NS + n_col, mask=n_col_mask, other=0.0)
+        B_n = tl.load(Bp, mask=n_col_mask, other=0.0)
+        C_n = tl.load(Cp, mask=n_col_mask, other=0.0)
     for t in range(t_lo, t_hi):
         x = x_n.to(tl.float32)
         z = z_n.to(tl.float32)
         Bt = B_n.to(tl.float32)
         Ct = C_n.to(tl.float32)
-        t_next = tl.minimum(t + 1, t_hi - 1).to(tl.int64)
+        more = t + 1 < t_hi
+        xp += tl.where(more, DIM, 0)
+        zp += tl.where(more, DIM, 0)
+        Bp += tl.where(more, NS, 0)
+        Cp += tl.where(more, NS, 0)
         if EVEN_D:
-            x_n = tl.load(x_row + t_next * DIM)
-            z_n = tl.load(dt_row + t_next * DIM)
+            x_n = tl.load(xp)
+            z_n = tl.load(zp)
         else:
-            x_n = tl.load(x_row + t_next * DIM, mask=mask_d, other=0.0)
-            z_n = tl.load(dt_row + t_next * DIM, mask=mask_d, other=0.0)
+            x_n = tl.load(xp, mask=mask_d, other=0.0)
+            z_n = tl.load(zp, mask=mask_d, other=0.0)
         if EVEN_N:
-            B_n = tl.load(B_row + t_next * NS + n_col)
-            C_n = tl.load(C_row + t_next * NS + n_col)
+            B_n = tl.load(Bp)
+            C_n = tl.load(Cp)
         else:
-            B_n = tl.load(B_row + t_next * NS + n_col, mask=n_col_mask, other=0.0)
-            C_n = tl.load(C_row + t_next * NS + n_col, mask=n_col_mask, other=0.0)
+            B_n = tl.load(Bp, mask=n_col_mask, other=0.0)
+            C_n = tl.load(Cp, mask=n_col_mask, other=0.0)
         if not SUMMARY:
             if t % CKPT_STEPS == 0:
                 tl.store(ckpt_ptr + (pid_b * n_ckpt + t // CKPT_STEPS) * DIM * NS + nd_off, h, mask=mnd)
@@ -339,9 +350,10 @@ def _scan_fwd_step_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, r
             if HAS_D:
                 y += Dv * x
             if EVEN_D:
-                tl.store(y_row + t.to(tl.int64) * DIM, y.to(y_ptr.dtype.element_ty))
+                tl.store(yp, y.to(y_ptr.dtype.element_ty))
             else:
-                tl.store(y_row + t.to(tl.int64) * DIM, y.to(y_ptr.dtype.element_ty), mask=mask_d)
+                tl.store(yp, y.to(y_ptr.dtype.element_ty), mask=mask_d)
+            yp += DIM
     if SUMMARY:
         tl.store(sumU_ptr + seg_off, h, mask=mnd)
         tl.store(sumP_ptr + seg_off, p_acc, mask=mnd)
@@ -617,9 +629,9 @@ def _scan_bwd(gy: Tensor, g_final: Optional[Tensor], x: Tensor, dt: Tensor, A: T
             rst, ckpt, gy, gT.contiguous() if gT is not None else x, scratch,
             dx, ddt, dA_part, dB, dC, dD_part, db_part, dh0 if want_dh0 else dA_part,
             T, dim, ns, n_ckpt, seg_len, n_seg, 1,
-            NP=np2, BLOCK_T=cfg["BWD_BLOCK_T"], BLOCK_D=cfg["BWD_BLOCK_D"], CKPT_TILES=tiles,
-            HAS_D=D is not None, HAS_BIAS=dt_bias is not None, HAS_RESET=reset is not None,
-            HAS_GT=gT is not None, WANT_DH0=want_dh0, SOFTPLUS=dt_softplus, num_warps=cfg["BWD_WARPS"])
+            NP=np2, BLOCK_D=cfg["BWD_BLOCK_D"], HAS_D=D is not None, HAS_BIAS=dt_bias is not None,
+            HAS_RESET=reset is not None, HAS_GT=gT is not None, WANT_DH0=want_dh0, SOFTPLUS=dt_softplus,
+            num_warps=cfg["BWD_WARPS"], BLOCK_T=cfg["BWD_BLOCK_T"], CKPT_TILES=tiles)
         dA = dA_part.sum(0).to(A.dtype)
         dD = dD_part.sum(0).to(D.dtype) if D is not None else _empty(x)
         dbias = db_part.sum(0).to(dt_bias.dtype) if dt_bias is not None else _empty(x)
