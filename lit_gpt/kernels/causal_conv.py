@@ -57,8 +57,13 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         if (doc_ids is None and initial_state is None and not return_final_state and x.is_cuda
                 and _PACKAGE_FN is not None):
             impl = "package"
+        elif doc_ids is None and not (x.is_cuda and torch.compiler.is_compiling()):
+            impl = "conv1d"
         else:
-            impl = "conv1d" if doc_ids is None else "shift"
+            # inside a compiled CUDA graph the K shifted multiply-adds fuse into one pass over channels-last
+            # memory, while aten's depthwise conv runs on a [B, C, T] transpose with layout copies around it
+            # (SambaY d16 on an H100: 4.5 ms of conv kernels + ~3 ms of copies per step, docs/benchmarks.md)
+            impl = "shift"
     if impl == "package":
         if _PACKAGE_FN is None or doc_ids is not None or initial_state is not None or return_final_state:
             raise RuntimeError("impl 'package' needs the causal_conv1d package and serves only calls without "
