@@ -148,8 +148,7 @@ def sweep(device, shapes, n, dtype):
     tiles = [(32, 1), (64, 2), (128, 4)]  # (BLOCK_D, warps): one channel per lane
     wide = [(64, 1), (128, 2)]  # two channels per lane: half the cross-lane reductions per channel
     stages = [
-        ("fwd", [dict(FWD_IMPL="step", FWD_BLOCK_D=bd, FWD_WARPS=w) for bd, w in tiles[:1] + wide]
-         + [dict(FWD_IMPL="tile", FWD_BLOCK_T=bt, FWD_BLOCK_D=32, FWD_WARPS=1) for bt in (2, 4)]),
+        ("fwd", [dict(FWD_BLOCK_D=bd, FWD_WARPS=w) for bd, w in tiles + wide]),
         ("bwd", [dict(BWD_BLOCK_T=bt, BWD_BLOCK_D=bd, BWD_WARPS=w) for bt in (1, 2, 4) for bd, w in tiles[:2]]),
         ("bwd", [dict(CKPT_STEPS=c) for c in (8, 16, 32, 64)]),
         ("bwd", [dict(SEGMENTS=sg) for sg in (0, 1, 2, 4, 8)]),

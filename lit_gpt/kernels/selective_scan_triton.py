@@ -1,14 +1,12 @@
 """Triton selective scan: fused forward and backward kernels, exposed as ``torch.library`` custom ops.
 
-Layout: one program per (batch element, block of BLOCK_D channels); the state h [BLOCK_D, d_state] lives
-in registers (fp32) and the program walks through time sequentially in tiles of BLOCK_T steps.  A tile is
-loaded at once (coalesced [BLOCK_T, BLOCK_D] loads of x and dt, [BLOCK_T, d_state] loads of B and C) and the
-recurrence inside the tile is an associative scan over the time axis of the affine maps h -> a h + u
-(a = exp(delta A) in (0, 1], or 0 at a reset), so only the carry between tiles is sequential.
-
-The default forward kernel (``_scan_fwd_step_kernel``, CONFIG["FWD_IMPL"] = "step") walks one step per iteration
-instead, with the next step's loads issued before the current step's arithmetic; on an H100 it beat the tile
-kernel by 1.2-1.5x (the tile scan's row extraction costs more than the latency it hides).
+Layout: one program per (batch element, block of channels, time segment); the state h [d_state, BLOCK_D] lives
+in registers (fp32), lanes along channels, and the program walks through time.  The forward takes one step per
+iteration (a = exp(delta A) in (0, 1], or 0 at a reset; h = a h + delta x B; y = C h + D x) with the next step's
+loads issued before the current step's arithmetic.  The backward works in tiles of BWD_BLOCK_T steps: a tile is
+loaded at once and the recurrence inside it is an associative scan over time of the affine maps h -> a h + u.
+(An earlier tile forward lost to the step forward by 1.2-1.5x on an H100, and a step backward lost to the
+tile backward; docs/benchmarks.md.)
 
 Forward saves the inputs plus the state at the start of every checkpoint chunk (CONFIG["CKPT_STEPS"] steps):
 [batch, n_chunks, d_inner, d_state] fp32.  Backward walks the chunks in reverse: it recomputes the states at
@@ -46,20 +44,14 @@ def _env_int(name: str, default: int) -> int:
 # Launch configuration. Mutable so that benchmarks can sweep it; CKPT_STEPS (the checkpoint
 # interval) must not change between a forward and its backward.
 CONFIG = {
-    # Defaults from the H100 sweep of 2026-11-26 (`python benchmarks/scan.py --sweep-only`, docs/benchmarks.md):
-    # forward "step" kernel, one warp per 64 channels (two per lane): 4.07 ms vs 6.13 ms for the 2-step tile
-    # kernel at 64k tokens x 4096 channels, 0.99 vs 1.21 ms at 8k.  Backward: one warp, one channel per lane,
-    # 2-step tiles (every wider or longer tile was slower; a step-pair backward in the style of the forward kernel
-    # measured 31.8 vs 27.7 ms at 64k tokens and was dropped, docs/benchmarks.md).  CKPT_STEPS 8 made the backward 10% faster than
-    # 64 but saves 8x the states (d_state * 4 / CKPT_STEPS bytes per token and channel), so 64 stays.  The backward keeps
-    # the states at the start of every tile of one checkpoint chunk in a per-program scratch buffer
-    # (CKPT_STEPS / BWD_BLOCK_T states), so a smaller CKPT_STEPS keeps that buffer in L2 while a larger one
-    # saves less memory between forward and backward (d_state * 4 / CKPT_STEPS bytes per token and channel).
+    # Defaults from the H100 sweeps of 2026-11-26 (`python benchmarks/scan.py --sweep-only`, docs/benchmarks.md):
+    # forward one warp per 64 channels (two per lane): 4.07 ms at 64k tokens x 4096 channels (0.99 ms at 8k);
+    # backward one warp, one channel per lane, 2-step tiles (wider or longer tiles, and a step-pair backward,
+    # were slower).  The backward keeps the states at the start of every tile of one checkpoint chunk in a
+    # per-program scratch buffer (CKPT_STEPS / BWD_BLOCK_T states): CKPT_STEPS 8 made it 10% faster than 64 but
+    # saves 8x the states between forward and backward (d_state * 4 / CKPT_STEPS bytes per token and channel),
+    # so 64 stays.
     "CKPT_STEPS": _env_int("LITSCALE_SCAN_CKPT_STEPS", 64),  # forward saves the state every CKPT_STEPS steps
-    # forward kernel: "step" (one time step per iteration, next step's loads in flight) or "tile"
-    # (BLOCK_T steps per iteration through an associative scan)
-    "FWD_IMPL": os.environ.get("LITSCALE_SCAN_FWD_IMPL", "step"),
-    "FWD_BLOCK_T": _env_int("LITSCALE_SCAN_FWD_BLOCK_T", 2),
     "FWD_BLOCK_D": _env_int("LITSCALE_SCAN_FWD_BLOCK_D", 64),
     "FWD_WARPS": _env_int("LITSCALE_SCAN_FWD_WARPS", 1),
     "BWD_BLOCK_T": _env_int("LITSCALE_SCAN_BWD_BLOCK_T", 2),
@@ -73,9 +65,7 @@ CONFIG = {
 
 
 def _check_config(cfg) -> None:
-    if cfg["FWD_IMPL"] not in ("step", "tile"):
-        raise ValueError(f"FWD_IMPL={cfg['FWD_IMPL']!r} must be 'step' or 'tile'")
-    for k in ("FWD_BLOCK_T", "BWD_BLOCK_T"):
+    for k in ("BWD_BLOCK_T",):
         bt = cfg[k]
         if bt < 1 or bt & (bt - 1) or cfg["CKPT_STEPS"] % bt:
             raise ValueError(f"{k}={bt} must be a power of two dividing CKPT_STEPS={cfg['CKPT_STEPS']}")
@@ -180,20 +170,10 @@ def _load_tile(x_ptr, dt_ptr, B_ptr, C_ptr, reset_ptr, A, bias, base_xd, base_bn
 # (always 1) is a runtime argument that Triton does not specialise.  Then the only contiguous axis the
 # compiler sees is the channel axis, lanes are laid along channels, and time and state live inside each
 # thread: the scans over time and the sums over the state need no shuffles (checked on sm_90 PTX).
-@triton.jit(do_not_specialize=["sn"])
-def _scan_fwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, reset_ptr, h0_ptr,
-                     y_ptr, hT_ptr, ckpt_ptr, sumU_ptr, sumP_ptr,
-                     T, DIM, NS, n_ckpt, seg_len, n_seg, sn,
-                     NP: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, CKPT_TILES: tl.constexpr,
-                     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESET: tl.constexpr,
-                     HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr, SUMMARY: tl.constexpr):
-    # grid (batch, channel blocks, time segments).  Segment s covers [s * seg_len, (s + 1) * seg_len).
-    # SUMMARY: only scan the segment from a zero state and store (end state, product of the decays), which
-    # lets the host chain the segments; otherwise start from h0[b, s] and write y, checkpoints and h_T.
-    pid_b = tl.program_id(0).to(tl.int64)
-    pid_d = tl.program_id(1)
-    pid_s = tl.program_id(2)
-    offs_t = tl.arange(0, BLOCK_T)
+@triton.jit
+def _channel_block(pid_d, A_ptr, bias_ptr, D_ptr, DIM, NS, sn, NP: tl.constexpr, BLOCK_D: tl.constexpr,
+                   HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
+    """A program's channels: offsets and masks, A [NP, BD] (fp32), dt bias and D [BD] (zeros when absent)."""
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, NP)
     mask_d = offs_d < DIM
@@ -207,40 +187,7 @@ def _scan_fwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, reset_
     Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    state_off = pid_b * DIM * NS + nd_off
-    seg_off = (pid_b * n_seg + pid_s) * DIM * NS + nd_off  # into [b, n_seg, DIM, NS]
-    h = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
-    if HAS_H0:
-        h = tl.load(h0_ptr + seg_off, mask=mnd, other=0.0).to(tl.float32)
-    p_acc = tl.full([NP, BLOCK_D], 1.0, tl.float32)
-    base_xd = pid_b * T * DIM
-    base_bn = pid_b * T * NS
-    base_r = pid_b * T
-    j_lo = pid_s * (seg_len // BLOCK_T)
-    j_hi = tl.minimum(tl.cdiv(T, BLOCK_T), j_lo + seg_len // BLOCK_T)
-    for j in range(j_lo, j_hi):
-        if not SUMMARY:
-            if j % CKPT_TILES == 0:  # CKPT_TILES = CKPT_STEPS // BLOCK_T (forward tiles per checkpoint)
-                c = j // CKPT_TILES
-                tl.store(ckpt_ptr + (pid_b * n_ckpt + c) * DIM * NS + nd_off, h, mask=mnd)
-        x, z, delta, Bt, Ct, a, u, m2, mask_t, xd_off, bn_off, mtn = _load_tile(
-            x_ptr, dt_ptr, B_ptr, C_ptr, reset_ptr, A, bias, base_xd, base_bn, base_r, j * BLOCK_T, T, DIM, NS,
-            sn, offs_t, offs_d, offs_n, mask_d, mask_n, HAS_BIAS, HAS_RESET, SOFTPLUS)
-        P, U = tl.associative_scan((a, u), 0, _affine_combine)
-        hs = P * h[None, :, :] + U
-        if SUMMARY:
-            p_acc = p_acc * tl.sum(tl.where(offs_t[:, None, None] == BLOCK_T - 1, P, 0.0), axis=0)
-        else:
-            y = tl.sum(hs * Ct[:, :, None], axis=1)
-            if HAS_D:
-                y += Dv[None, :] * x
-            tl.store(y_ptr + xd_off, y.to(y_ptr.dtype.element_ty), mask=m2)
-        h = tl.sum(tl.where(offs_t[:, None, None] == BLOCK_T - 1, hs, 0.0), axis=0)
-    if SUMMARY:
-        tl.store(sumU_ptr + seg_off, h, mask=mnd)
-        tl.store(sumP_ptr + seg_off, p_acc, mask=mnd)
-    else:
-        tl.store(hT_ptr + state_off, h, mask=mnd & (pid_s == n_seg - 1))
+    return offs_d, offs_n, mask_d, mask_n, mnd, nd_off, A, bias, Dv
 
 
 @triton.jit(do_not_specialize=["sn"])
@@ -251,28 +198,21 @@ def _scan_fwd_step_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, r
                           EVEN_D: tl.constexpr, EVEN_N: tl.constexpr,
                           HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESET: tl.constexpr,
                           HAS_H0: tl.constexpr, SOFTPLUS: tl.constexpr, SUMMARY: tl.constexpr):
-    """Same contract and grid as _scan_fwd_kernel, one time step per iteration: no tile scan and no row
-    extraction, so a step costs one exp2 and three FMAs per state.  The next step's inputs are loaded before
+    """Grid (batch, channel blocks, time segments); segment s covers [s * seg_len, (s + 1) * seg_len).
+    SUMMARY: only scan the segment from a zero state and store (end state, product of the decays), which lets the
+    host chain the segments; otherwise start from h0[b, s] and write y, the checkpoints and h_T.
+
+    One time step per iteration, so a step costs one exp2 and three FMAs per state.  The next step's inputs are loaded before
     this step's arithmetic (carried in registers) to hide the load latency; that load reads a clamped, valid
     time index so it needs no mask.  B[t] and C[t] are loaded as [NP, 1] columns that every lane holds whole
     (the same addresses across the warp) and broadcast over the channels for free."""
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
     pid_s = tl.program_id(2)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, NP)
-    mask_d = offs_d < DIM
-    mask_n = offs_n < NS
-    mnd = mask_n[:, None] & mask_d[None, :]
-    nd_off = offs_d[None, :] * NS + offs_n[:, None] * sn  # [NP, BD] into a [.., DIM, NS] array
+    offs_d, offs_n, mask_d, mask_n, mnd, nd_off, A, bias, Dv = _channel_block(
+        pid_d, A_ptr, bias_ptr, D_ptr, DIM, NS, sn, NP, BLOCK_D, HAS_BIAS, HAS_D)
     # exp(delta A) = exp2(delta A log2 e): fold log2 e into A once (ex2 is the hardware instruction)
-    A2 = tl.load(A_ptr + nd_off, mask=mnd, other=0.0).to(tl.float32) * 1.4426950408889634
-    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    A2 = A * 1.4426950408889634
     state_off = pid_b * DIM * NS + nd_off
     seg_off = (pid_b * n_seg + pid_s) * DIM * NS + nd_off
     h = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
@@ -375,19 +315,8 @@ def _scan_bwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, reset_
     pid_s = tl.program_id(2)
     n_dblk = tl.num_programs(1)
     offs_t = tl.arange(0, BLOCK_T)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, NP)
-    mask_d = offs_d < DIM
-    mask_n = offs_n < NS
-    mnd = mask_n[:, None] & mask_d[None, :]
-    nd_off = offs_d[None, :] * NS + offs_n[:, None] * sn
-    A = tl.load(A_ptr + nd_off, mask=mnd, other=0.0).to(tl.float32)
-    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    offs_d, offs_n, mask_d, mask_n, mnd, nd_off, A, bias, Dv = _channel_block(
+        pid_d, A_ptr, bias_ptr, D_ptr, DIM, NS, sn, NP, BLOCK_D, HAS_BIAS, HAS_D)
     state_off = pid_b * DIM * NS + nd_off
     seg_off = (pid_b * n_seg + pid_s) * DIM * NS + nd_off  # into [b, n_seg, DIM, NS]
     # q = a_{t+1} * dL/dh_{t+1}: the gradient reaching h_t from the future (g_final at the end).
@@ -478,16 +407,8 @@ def _scan_bwd_summary_kernel(dt_ptr, A_ptr, C_ptr, bias_ptr, reset_ptr, gy_ptr, 
     pid_d = tl.program_id(1)
     pid_s = tl.program_id(2) + 1
     offs_t = tl.arange(0, BLOCK_T)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, NP)
-    mask_d = offs_d < DIM
-    mask_n = offs_n < NS
-    mnd = mask_n[:, None] & mask_d[None, :]
-    nd_off = offs_d[None, :] * NS + offs_n[:, None] * sn
-    A = tl.load(A_ptr + nd_off, mask=mnd, other=0.0).to(tl.float32)
-    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    offs_d, offs_n, mask_d, mask_n, mnd, nd_off, A, bias, Dv = _channel_block(
+        pid_d, A_ptr, bias_ptr, A_ptr, DIM, NS, sn, NP, BLOCK_D, HAS_BIAS, False)
     q = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
     p_acc = tl.full([NP, BLOCK_D], 1.0, tl.float32)
     base_xd = pid_b * T * DIM
@@ -544,12 +465,8 @@ def _scan_fwd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optiona
     meta = dict(NP=_np2(ns), BLOCK_D=cfg["FWD_BLOCK_D"], HAS_D=D is not None,
                 HAS_BIAS=dt_bias is not None, HAS_RESET=reset is not None, SOFTPLUS=dt_softplus,
                 num_warps=cfg["FWD_WARPS"])
-    if cfg["FWD_IMPL"] == "step":
-        kernel = _scan_fwd_step_kernel
-        meta.update(CKPT_STEPS=cfg["CKPT_STEPS"], EVEN_D=dim % cfg["FWD_BLOCK_D"] == 0, EVEN_N=ns == _np2(ns))
-    else:
-        kernel = _scan_fwd_kernel
-        meta.update(BLOCK_T=cfg["FWD_BLOCK_T"], CKPT_TILES=cfg["CKPT_STEPS"] // cfg["FWD_BLOCK_T"])
+    kernel = _scan_fwd_step_kernel
+    meta.update(CKPT_STEPS=cfg["CKPT_STEPS"], EVEN_D=dim % cfg["FWD_BLOCK_D"] == 0, EVEN_N=ns == _np2(ns))
     if n_seg > 1:
         # pass 1: every segment but the last scans from zero -> (end state U_s, decay product P_s)
         sumU = torch.empty(b, n_seg, dim, ns, device=x.device, dtype=torch.float32)
