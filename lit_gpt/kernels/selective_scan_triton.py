@@ -190,6 +190,24 @@ def _channel_block(pid_d, A_ptr, bias_ptr, D_ptr, DIM, NS, sn, NP: tl.constexpr,
     return offs_d, offs_n, mask_d, mask_n, mnd, nd_off, A, bias, Dv
 
 
+@triton.jit
+def _load_step(xp, zp, Bp, Cp, mask_d, n_col_mask, EVEN_D: tl.constexpr, EVEN_N: tl.constexpr):
+    """One step's x, dt rows [BD] and B, C columns [NP, 1], unmasked where the block is full."""
+    if EVEN_D:
+        x = tl.load(xp)
+        z = tl.load(zp)
+    else:
+        x = tl.load(xp, mask=mask_d, other=0.0)
+        z = tl.load(zp, mask=mask_d, other=0.0)
+    if EVEN_N:
+        Bc = tl.load(Bp)
+        Cc = tl.load(Cp)
+    else:
+        Bc = tl.load(Bp, mask=n_col_mask, other=0.0)
+        Cc = tl.load(Cp, mask=n_col_mask, other=0.0)
+    return x, z, Bc, Cc
+
+
 @triton.jit(do_not_specialize=["sn"])
 def _scan_fwd_step_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, reset_ptr, h0_ptr,
                           y_ptr, hT_ptr, ckpt_ptr, sumU_ptr, sumP_ptr,
@@ -235,18 +253,7 @@ def _scan_fwd_step_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, r
     yp = y_row + t_first * DIM
     Bp = B_row + t_first * NS + n_col
     Cp = C_row + t_first * NS + n_col
-    if EVEN_D:
-        x_n = tl.load(xp)
-        z_n = tl.load(zp)
-    else:
-        x_n = tl.load(xp, mask=mask_d, other=0.0)
-        z_n = tl.load(zp, mask=mask_d, other=0.0)
-    if EVEN_N:
-        B_n = tl.load(Bp)
-        C_n = tl.load(Cp)
-    else:
-        B_n = tl.load(Bp, mask=n_col_mask, other=0.0)
-        C_n = tl.load(Cp, mask=n_col_mask, other=0.0)
+    x_n, z_n, B_n, C_n = _load_step(xp, zp, Bp, Cp, mask_d, n_col_mask, EVEN_D, EVEN_N)
     for t in range(t_lo, t_hi):
         x = x_n.to(tl.float32)
         z = z_n.to(tl.float32)
@@ -257,18 +264,7 @@ def _scan_fwd_step_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, r
         zp += tl.where(more, DIM, 0)
         Bp += tl.where(more, NS, 0)
         Cp += tl.where(more, NS, 0)
-        if EVEN_D:
-            x_n = tl.load(xp)
-            z_n = tl.load(zp)
-        else:
-            x_n = tl.load(xp, mask=mask_d, other=0.0)
-            z_n = tl.load(zp, mask=mask_d, other=0.0)
-        if EVEN_N:
-            B_n = tl.load(Bp)
-            C_n = tl.load(Cp)
-        else:
-            B_n = tl.load(Bp, mask=n_col_mask, other=0.0)
-            C_n = tl.load(Cp, mask=n_col_mask, other=0.0)
+        x_n, z_n, B_n, C_n = _load_step(xp, zp, Bp, Cp, mask_d, n_col_mask, EVEN_D, EVEN_N)
         if not SUMMARY:
             if t % CKPT_STEPS == 0:
                 tl.store(ckpt_ptr + (pid_b * n_ckpt + t // CKPT_STEPS) * DIM * NS + nd_off, h, mask=mnd)
