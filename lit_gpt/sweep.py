@@ -315,40 +315,20 @@ def lr_analyze(args: argparse.Namespace, points: list[Point]) -> int:
     root = args.out_dir
     write_csv(os.path.join(root, "lr_sweep.csv"), rows)
     lrs = sorted(set(args.lrs))
+
+    def optimum_moves(arch: str, train_name: str, param: str, best_idx: dict[int, int]) -> Optional[str]:
+        if len(best_idx) < 2:
+            return None
+        spread = max(best_idx.values()) - min(best_idx.values())
+        edge = [d for d, i in best_idx.items() if i in (0, len(lrs) - 1)]
+        return (f"{arch} {train_name} ({param}): optimum eta0 moves by {spread} grid step(s) across depths "
+                f"{min(best_idx)}–{max(best_idx)}" + (f"; at the grid edge for d{edge}" if edge else ""))
+
+    md, verdicts = grid_table(args, rows, "eta0", lrs, "best eta0", lambda lr: f"{lr:g}", "",
+                              summarize=optimum_moves)
     md = [f"# LR sweep ({', '.join(args.train_model)}; depths {', '.join(map(str, args.depths))})", "",
           "Final validation loss per base learning rate eta0; **bold** = each depth's optimum; "
-          "div = non-finite loss; — = no finished run.", ""]
-    verdicts = []
-    for train_name in args.train_name:
-        for arch in args.train_model:
-            sub = [r for r in rows if r["train_name"] == train_name and r["arch"] == arch]
-            if not sub:
-                continue
-            param = next((r["parameterization"] for r in sub if r["parameterization"]), "?")
-            md += [f"## {arch}, {train_name} ({param})", "",
-                   "| depth | width | " + " | ".join(f"{lr:g}" for lr in lrs) + " | best eta0 |",
-                   "|---|---|" + "---|" * len(lrs) + "---|"]
-            best_idx = {}
-            for depth in args.depths:
-                cells = {r["eta0"]: r for r in sub if r["depth"] == depth}
-                vals = [cells[lr]["final_val_loss"] if lr in cells and cells[lr]["status"] == "finished" else None
-                        for lr in lrs]
-                finite = [(v, i) for i, v in enumerate(vals) if v is not None and math.isfinite(v)]
-                best = min(finite)[1] if finite else None
-                if best is not None:
-                    best_idx[depth] = best
-                width = next((r["width"] for r in cells.values() if r["width"]), "")
-                text = [(f"**{fmt_loss(v)}**" if i == best else fmt_loss(v)) for i, v in enumerate(vals)]
-                md.append(f"| {depth} | {width} | " + " | ".join(text) + f" | {lrs[best]:g} |" if best is not None
-                          else f"| {depth} | {width} | " + " | ".join(text) + " | — |")
-            if len(best_idx) >= 2:
-                spread = max(best_idx.values()) - min(best_idx.values())
-                edge = [d for d, i in best_idx.items() if i in (0, len(lrs) - 1)]
-                verdict = (f"{arch} {train_name} ({param}): optimum eta0 moves by {spread} grid step(s) across depths "
-                           f"{min(best_idx)}–{max(best_idx)}" + (f"; at the grid edge for d{edge}" if edge else ""))
-                verdicts.append(verdict)
-                md += ["", verdict]
-            md.append("")
+          "div = non-finite loss; — = no finished run.", ""] + md
     for v in verdicts:
         print(v)
     publish(root, "lr_sweep", rows, md, "plot_lr_transfer", "lr_transfer.png")
@@ -439,8 +419,11 @@ def tokens_points(args: argparse.Namespace) -> list[Point]:
 
 
 def grid_table(args: argparse.Namespace, rows: list[dict[str, Any]], key: str, values: list, heading: str,
-               fmt: Callable[[Any], str], lower_is_better: str) -> tuple[list[str], list[str]]:
-    """Markdown: one table per (train_name, arch); a row per depth, a column per axis value; best in bold."""
+               fmt: Callable[[Any], str], lower_is_better: str,
+               summarize: Optional[Callable[[str, str, str, dict[int, int]], Optional[str]]] = None
+               ) -> tuple[list[str], list[str]]:
+    """Markdown: one table per (train_name, arch); a row per depth, a column per axis value; best in bold.
+    ``summarize(arch, train_name, parameterization, {depth: best column})`` may add a verdict under a table."""
     md, verdicts = [], []
     for train_name in args.train_name:
         for arch in args.train_model:
@@ -451,12 +434,15 @@ def grid_table(args: argparse.Namespace, rows: list[dict[str, Any]], key: str, v
             md += [f"## {arch}, {train_name} ({param})", "",
                    f"| depth | width | " + " | ".join(fmt(v) for v in values) + f" | {heading} |",
                    "|---|---|" + "---|" * len(values) + "---|"]
+            best_idx = {}
             for depth in args.depths:
                 cells = {r[key]: r for r in sub if r["depth"] == depth}
                 vals = [cells[v]["final_val_loss"] if v in cells and cells[v]["status"] == "finished" else None
                         for v in values]
                 finite = [(x, i) for i, x in enumerate(vals) if x is not None and math.isfinite(x)]
                 best = min(finite)[1] if finite else None
+                if best is not None:
+                    best_idx[depth] = best
                 width = next((r["width"] for r in cells.values() if r["width"]), "")
                 text = [(f"**{fmt_loss(x)}**" if i == best else fmt_loss(x)) for i, x in enumerate(vals)]
                 md.append(f"| {depth} | {width} | " + " | ".join(text) + " | "
@@ -466,6 +452,10 @@ def grid_table(args: argparse.Namespace, rows: list[dict[str, Any]], key: str, v
                     if any(b > a for a, b in zip(ordered, ordered[1:])):
                         verdicts.append(f"{arch} {train_name} d{depth}: loss does not fall monotonically with "
                                         f"{lower_is_better}")
+            summary = summarize(arch, train_name, param, best_idx) if summarize else None
+            if summary:
+                verdicts.append(summary)
+                md += ["", summary]
             md.append("")
     return md, verdicts
 
