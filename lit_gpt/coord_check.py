@@ -209,7 +209,20 @@ def flatness(results: Sequence[CoordResult], metric: str = "rms", step: int = -1
     return out
 
 
-def summarize(results: Sequence[CoordResult], threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
+def depth_scaled_branch_flatness(results: Sequence[CoordResult], d0: int) -> dict[str, float]:
+    """Flatness of each raw branch's update times sqrt(L/d0): μP++ scales every hidden matrix's LR by sqrt(d0/L) so
+    that a branch's own update shrinks as 1/sqrt(L) (the 2L branches then sum to an O(1) change of the residual
+    stream); with that designed factor divided out, the updates should be depth-invariant."""
+    scaled = [CoordResult(r.parameterization, r.depth, r.width, r.n_params, r.lr,
+                          delta={c: [v * math.sqrt(r.depth / d0) for v in vs] for c, vs in r.delta.items()
+                                 if c.startswith("branch_raw")})
+              for r in results]
+    return flatness(scaled, "delta")
+
+
+def summarize(results: Sequence[CoordResult], threshold: float = DEFAULT_THRESHOLD,
+              d0: Optional[int] = None) -> dict[str, Any]:
+    d0 = d0 or min(r.depth for r in results)
     by_p: dict[str, list[CoordResult]] = {}
     for r in results:
         by_p.setdefault(r.parameterization, []).append(r)
@@ -231,6 +244,8 @@ def summarize(results: Sequence[CoordResult], threshold: float = DEFAULT_THRESHO
             "invariants_within_threshold": bool(invariant) and all(v <= threshold for v in invariant.values()),
             "final_train_loss": {r.depth: (r.losses[-1] if r.losses else None) for r in rs},
         }
+        if p.startswith("mup++"):
+            summary[p]["branch_raw_delta_x_sqrt_depth"] = depth_scaled_branch_flatness(rs, d0)
     return summary
 
 
@@ -311,6 +326,9 @@ def format_summary(summary: dict[str, Any], threshold: float = DEFAULT_THRESHOLD
         for metric in ("rms", "delta"):
             cells = ", ".join(f"{c} {v:.2f}" for c, v in s["flatness"][metric].items())
             lines.append(f"    {metric:5s}: {cells}")
+        if s.get("branch_raw_delta_x_sqrt_depth"):
+            cells = ", ".join(f"{c} {v:.2f}" for c, v in s["branch_raw_delta_x_sqrt_depth"].items())
+            lines.append(f"    raw-branch delta x sqrt(L/d0) (the rule's designed 1/sqrt(L) divided out): {cells}")
     return "\n".join(lines)
 
 
@@ -397,7 +415,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{LABELS.get(entry, entry):>6} d{depth:<3} w{r.width:<5} {r.n_params / 1e6:7.2f}M params, "
                   f"lr {r.lr:.2e}: loss {r.losses[0]:.3f} -> {r.losses[-1]:.3f}  ({time.time() - t0:.0f} s)",
                   flush=True)
-    summary = summarize(results, args.threshold)
+    summary = summarize(results, args.threshold, d0)
     payload = {
         "arch": args.train_model, "train_name": args.train_name, "depths": depths, "ar": args.ar, "d0": d0,
         "steps": args.steps, "batch_size": args.batch_size, "ctx_len": args.ctx_len, "eta0": args.lr,
@@ -426,7 +444,7 @@ def replot(args: argparse.Namespace) -> int:
     title = (f"coordinate check: {payload['arch']}, ar {payload['ar']}, d0 {payload['d0']}, eta0 {payload['eta0']:g}, "
              f"{payload['steps']} Adam steps of {payload['batch_size']}x{payload['ctx_len']} tokens")
     plot(results, os.path.join(out, "coord_check.png"), title=title, raw=args.raw, dpi=args.dpi)
-    summary = summarize(results, payload.get("threshold", args.threshold))
+    summary = summarize(results, payload.get("threshold", args.threshold), payload.get("d0"))
     with open(os.path.join(out, "flatness.md"), "w") as f:
         f.write(flatness_markdown(summary) + "\n")
     print(format_summary(summary, args.threshold))

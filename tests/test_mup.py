@@ -56,6 +56,22 @@ def test_flatness_and_parsing():
         cc.parse_parameterization("sp/hidden")
 
 
+def test_depth_scaled_branch_updates():
+    """μP++ shrinks each raw branch's update as sqrt(d0/L) by design; dividing that out must leave it flat, while a
+    coordinate that really drifts keeps drifting."""
+    rs = [cc.CoordResult("mup++", L, 8 * L, 0, 1e-3, rms={"block": [1.0, 1.0]},
+                         delta={"branch_raw.mlp": [0.0, 0.8 / math.sqrt(L)], "branch_raw.attention": [0.0, 0.5],
+                                "block": [0.0, 0.3]})
+          for L in (2, 8)]
+    summary = cc.summarize(rs)
+    assert summary["mup++"]["flatness"]["delta"]["branch_raw.mlp"] == pytest.approx(2.0)
+    scaled = summary["mup++"]["branch_raw_delta_x_sqrt_depth"]
+    assert scaled == {"branch_raw.attention": pytest.approx(2.0), "branch_raw.mlp": pytest.approx(1.0)}
+    assert "branch_raw_delta_x_sqrt_depth" not in cc.summarize([cc.CoordResult(**{**r.__dict__, "parameterization": "sp"})
+                                                                 for r in rs])["sp"]
+    assert "raw-branch delta x sqrt(L/d0)" in cc.format_summary(summary)
+
+
 def test_coord_check_cli_writes_outputs(tmp_path):
     rc = cc.main(["--synthetic", "--vocab_size", "128", "--depths", "1", "2", "--ar", "4", "--steps", "1",
                   "--ctx_len", "16", "--batch_size", "2", "--parameterizations", "sp", "mup++",
