@@ -273,7 +273,13 @@ def memory_estimate(config: Config, micro_batch: int, seq_len: int, assumptions:
     peak = max(resident + terms["activations"] + transient, optimizer_step)
     biggest = max(blocks, default=0)
     ac_acts = (len(plan) + 1) * n * config.n_embd * r + head["saved"] + biggest  # block inputs + one recomputed
-    peak_ac = max(resident + ac_acts + transient, optimizer_step)
+    # a checkpointed Block keeps no autocast weight copies between its forward and its backward: only the Block
+    # being recomputed holds its own (plus whatever non-Block matmul copies the unsharded path keeps)
+    resident_ac = resident
+    if "weight_copies" in terms and not sharded_weights:
+        block_copies = sum(per_block_params) * 2
+        resident_ac = resident - block_copies + max(per_block_params, default=0) * 2
+    peak_ac = max(resident_ac + ac_acts + transient, optimizer_step)
     return {
         "bytes": {k: int(v) for k, v in terms.items()},
         "per_block_activation_bytes": {spec.describe(): int(b) for spec, b in zip(plan, blocks)},
