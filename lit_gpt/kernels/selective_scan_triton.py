@@ -65,10 +65,9 @@ CONFIG = {
 
 
 def _check_config(cfg) -> None:
-    for k in ("BWD_BLOCK_T",):
-        bt = cfg[k]
-        if bt < 1 or bt & (bt - 1) or cfg["CKPT_STEPS"] % bt:
-            raise ValueError(f"{k}={bt} must be a power of two dividing CKPT_STEPS={cfg['CKPT_STEPS']}")
+    bt = cfg["BWD_BLOCK_T"]
+    if bt < 1 or bt & (bt - 1) or cfg["CKPT_STEPS"] % bt:
+        raise ValueError(f"BWD_BLOCK_T={bt} must be a power of two dividing CKPT_STEPS={cfg['CKPT_STEPS']}")
     for k in ("FWD_BLOCK_D", "BWD_BLOCK_D"):
         if cfg[k] < 1 or cfg[k] & (cfg[k] - 1):
             raise ValueError(f"{k}={cfg[k]} must be a power of two")
