@@ -1,19 +1,61 @@
 #!/usr/bin/env bash
-# FSDP on 2 GPUs: (1) exact equivalence of the optimizer steps with 1 GPU on a fixed global batch stream (fp32),
-# (2) Transformer++ d16 tokens/s per GPU at the same global batch, 1 GPU vs torchrun NPROC GPUs (FSDP full shard).
+# FSDP on several GPUs of one host, in three sections (each switched by an env variable, 1 = run):
+#   EQ       (1) exact equivalence of the optimizer steps with 1 GPU on a fixed global batch stream (fp32);
+#   SCALING  (1) Transformer++ d16 tokens/s per GPU at the same global batch: 1 GPU, then torchrun NPROC GPUs for
+#                each sharding in SHARDINGS (default "full"); PROFILE=N also traces N steps of each multi-GPU run
+#                and prints where rank 0's time went (benchmarks/profile_breakdown.py: exposed collectives, idle);
+#   SAVE_MEM (0) MODELS (default "transformer sambay") at d16 and SAVE_MEM_CTX (default 131072) tokens with
+#                --fsdp_save_mem (per-Block activation checkpointing + CPU offload of parameters) on NPROC GPUs,
+#                on a local corpus (the built-in one written three times) long enough for rows of that length.
 # NPROC (default 2) sets the GPU count: NPROC=8 bash benchmarks/fsdp2_gpu.sh on an 8-GPU machine.
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/fsdp2}
+NPROC=${NPROC:-2}
 mkdir -p "$OUT"
-export EQ_PRECISION=32-true EQ_STRATEGY=fsdp EQ_GLOBAL_ROWS=${EQ_GLOBAL_ROWS:-$(( ${NPROC:-2} > 4 ? 8 : 4 ))}
-CUDA_VISIBLE_DEVICES=0 python3 tests/helpers/ddp_equivalence.py "$OUT/eq_w1.json" > "$OUT/eq.log" 2>&1
-torchrun --nproc_per_node=${NPROC:-2} tests/helpers/ddp_equivalence.py "$OUT/eq_w2.json" >> "$OUT/eq.log" 2>&1
-echo "== equivalence"; cat "$OUT/eq_w1.json"; echo; cat "$OUT/eq_w2.json"; echo; tail -n 3 "$OUT/eq.log"
-python3 -m lit_gpt.data.prepare --builtin --output_dir data/builtin > /dev/null 2>&1
-ARGS="--train_model transformer --depth 16 --train_name fsdp_mup --ctx_len 4096 --micro_bsz 2 --total_bsz 16384 \
- --max_steps ${STEPS:-24} --log_step 8 --eval_step 1000 --save_step 1000 --val_multiple 1 --eval_iters 1 --num_workers 2"
-CUDA_VISIBLE_DEVICES=0 timeout 150 python3 pretrain.py $ARGS --out_dir runs/g1 > "$OUT/g1.log" 2>&1
-echo "== 1 GPU rc=$?"; grep -E "^step [0-9]+/" "$OUT/g1.log" | tail -n 3
-timeout 150 torchrun --nproc_per_node=${NPROC:-2} pretrain.py $ARGS --strategy fsdp --out_dir runs/g2 > "$OUT/g2.log" 2>&1
-echo "== ${NPROC:-2} GPUs FSDP rc=$?"; grep -E "^step [0-9]+/|run " "$OUT/g2.log" | tail -n 4
-cp runs/g1/metrics.csv "$OUT/g1_metrics.csv" 2>/dev/null; cp runs/g2/metrics.csv "$OUT/g2_metrics.csv" 2>/dev/null
+if [ "${EQ:-1}" = 1 ]; then
+  export EQ_PRECISION=32-true EQ_STRATEGY=fsdp EQ_GLOBAL_ROWS=${EQ_GLOBAL_ROWS:-$(( NPROC > 4 ? 8 : 4 ))}
+  CUDA_VISIBLE_DEVICES=0 python3 tests/helpers/ddp_equivalence.py "$OUT/eq_w1.json" > "$OUT/eq.log" 2>&1
+  torchrun --nproc_per_node=$NPROC tests/helpers/ddp_equivalence.py "$OUT/eq_w2.json" >> "$OUT/eq.log" 2>&1
+  echo "== equivalence"; cat "$OUT/eq_w1.json"; echo; cat "$OUT/eq_w2.json"; echo; tail -n 3 "$OUT/eq.log"
+fi
+if [ "${SCALING:-1}" = 1 ]; then
+  python3 -m lit_gpt.data.prepare --builtin --output_dir data/builtin > /dev/null 2>&1
+  STEPS=${STEPS:-64}
+  ARGS="--train_model transformer --depth 16 --train_name fsdp_mup --ctx_len 4096 --micro_bsz 2 --total_bsz $(( 8192 * NPROC )) \
+   --max_steps $STEPS --log_step ${LOG_STEP:-16} --eval_step 100000 --save_step 100000 --val_multiple 1 --eval_iters 1 --num_workers 2"
+  CUDA_VISIBLE_DEVICES=0 timeout 240 python3 pretrain.py $ARGS --out_dir runs/g1 > "$OUT/g1.log" 2>&1
+  echo "== 1 GPU rc=$?"; grep -E "^step [0-9]+/" "$OUT/g1.log" | tail -n 4
+  cp runs/g1/metrics.csv "$OUT/g1_metrics.csv" 2>/dev/null
+  for SHARDING in ${SHARDINGS:-full}; do
+    PROF=""; [ "${PROFILE:-0}" -gt 0 ] && PROF="--profile $PROFILE"
+    timeout 240 torchrun --nproc_per_node=$NPROC pretrain.py $ARGS --strategy fsdp --fsdp_sharding $SHARDING $PROF \
+      --out_dir runs/g${NPROC}_$SHARDING > "$OUT/g${NPROC}_$SHARDING.log" 2>&1
+    echo "== $NPROC GPUs FSDP $SHARDING rc=$?"; grep -E "^step [0-9]+/" "$OUT/g${NPROC}_$SHARDING.log" | tail -n 4
+    cp runs/g${NPROC}_$SHARDING/metrics.csv "$OUT/g${NPROC}_${SHARDING}_metrics.csv" 2>/dev/null
+    if [ "${PROFILE:-0}" -gt 0 ]; then
+      TRACE=$(ls runs/g${NPROC}_$SHARDING/profile/*.json* 2>/dev/null | head -n 1)
+      [ -n "$TRACE" ] && python3 benchmarks/profile_breakdown.py "$TRACE" --top 12 | tee "$OUT/g${NPROC}_${SHARDING}_trace.txt"
+    fi
+  done
+fi
+if [ "${SAVE_MEM:-0}" = 1 ]; then
+  CTX=${SAVE_MEM_CTX:-131072}
+  python3 -c "
+from pathlib import Path
+from lit_gpt.data.corpus import builtin_documents
+out = Path('/tmp/corpus_x3'); out.mkdir(exist_ok=True)
+for r in range(3):
+    for i, doc in enumerate(builtin_documents()):
+        (out / f'{r}_{i}.txt').write_text(doc)"
+  python3 -m lit_gpt.data.prepare --input_dir /tmp/corpus_x3 --output_dir data/long --context_length $CTX \
+    --val_fraction 0.3 --quiet
+  for MODEL in ${MODELS:-transformer sambay}; do
+    timeout ${SAVE_MEM_TIMEOUT:-270} torchrun --nproc_per_node=$NPROC pretrain.py --train_model $MODEL --depth 16 \
+      --train_name long_mup --train_data_dir data/long --ctx_len $CTX --micro_bsz 1 --total_bsz $(( CTX * NPROC )) \
+      --max_steps ${SAVE_MEM_STEPS:-4} --log_step 1 --eval_step 100000 --save_step 100000 --eval_iters 1 \
+      --val_multiple 1 --num_workers 1 --strategy fsdp --fsdp_save_mem --out_dir runs/long_$MODEL \
+      > "$OUT/save_mem_$MODEL.log" 2>&1
+    echo "== $MODEL ctx $CTX --fsdp_save_mem on $NPROC GPUs rc=$?"; grep -E "^step [0-9]+/|error|Error" "$OUT/save_mem_$MODEL.log" | tail -n 5
+    cp runs/long_$MODEL/metrics.csv "$OUT/save_mem_${MODEL}_metrics.csv" 2>/dev/null
+  done
+fi

@@ -257,3 +257,52 @@ def format_breakdown(b: dict[str, Any]) -> str:
     if b.get("trace"):
         lines.append(f"(d) chrome trace: {b['trace']}")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------- traces from pretrain --profile
+def summarize_trace(path: str | Path, top: int = 15) -> dict[str, Any]:
+    """Summarize a Chrome trace written by ``pretrain.py --profile N`` (one file per rank; .json or .json.gz).
+
+    Same categories as above (no phases: a trace file keeps no CPU-op ancestry we rely on), plus what only matters
+    across devices: how much collective time (``nccl``) is *exposed*, i.e. runs while no compute kernel does.
+    """
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt") as fh:
+        events = json.load(fh)["traceEvents"]
+    kernels = [e for e in events if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
+    steps = [e for e in events if e.get("ph") == "X" and str(e.get("name", "")).startswith("ProfilerStep#")]
+    if not kernels or not steps:
+        raise ValueError(f"{path}: no device kernels or no ProfilerStep# ranges; is it a GPU trace from --profile?")
+    n = len(steps)
+    span = max(e["ts"] + e["dur"] for e in steps) - min(e["ts"] for e in steps)
+    rows = [(e["name"], float(e["dur"]), "") for e in kernels]
+    out = breakdown(rows, n, top=top)
+    every = [(e["ts"], e["ts"] + e["dur"]) for e in kernels]
+    compute = [(s, e) for (s, e), k in zip(every, kernels) if "nccl" not in k["name"].lower()]
+    busy, busy_compute = union_us(every), union_us(compute)
+    per_step = lambda us: round(us / n / 1e3, 3)  # noqa: E731
+    out.update(trace=str(path), steps=n, step_ms=per_step(span), busy_ms=per_step(busy),
+               compute_busy_ms=per_step(busy_compute), idle_ms=per_step(span - busy),
+               nccl_exposed_ms=per_step(busy - busy_compute))
+    return out
+
+
+def format_trace_summary(s: dict[str, Any]) -> str:
+    lines = [f"== trace {s['trace']}: {s['steps']} steps",
+             f"per step: wall {s['step_ms']:.1f} ms | GPU busy {s['busy_ms']:.1f} | compute busy "
+             f"{s['compute_busy_ms']:.1f} | collectives exposed (no compute running) {s['nccl_exposed_ms']:.1f} | "
+             f"idle {s['idle_ms']:.1f}"]
+    lines += [f"    {c:<16}{v['ms']:>9.2f} ms {v['pct']:>6.1f} %{v['calls']:>8.0f} calls" for c, v in s["categories"].items()]
+    lines += [f"    {k['name'][:90]:<90}{k['category']:>14}{k['ms']:>9.2f}{k['calls']:>7.0f}" for k in s["top_kernels"]]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Summarize pretrain.py --profile traces (Chrome JSON, per rank).")
+    parser.add_argument("traces", nargs="+", help="trace files (*.pt.trace.json[.gz]) from <out_dir>/profile")
+    parser.add_argument("--top", type=int, default=15)
+    args = parser.parse_args()
+    for trace_path in args.traces:
+        print(format_trace_summary(summarize_trace(trace_path, args.top)))

@@ -65,6 +65,11 @@ class ArchSpec:
     vocab_size: int = 32000
     note: str = ""
 
+    def scaled_head_size(self, ar: Optional[int]) -> int:
+        """The head size at aspect ratio ``ar`` (None: the SPEC's): reduced-width studies shrink heads with the
+        width, to an even size (Transformer++ at its own ar keeps head = width / n_head, set by the caller)."""
+        return self.head_size if ar is None else max(2, 2 * round(self.head_size * ar / self.ar / 2))
+
 
 ARCHS: dict[str, ArchSpec] = {
     "transformer": ArchSpec(128, "attention", rope=True, note="Transformer++: full causal attention, RoPE"),
@@ -88,12 +93,19 @@ def _round_up(n: int, multiple: int) -> int:
     return n if n % multiple == 0 else n + multiple - n % multiple
 
 
-def default_query_groups(n_head: int, kv_ratio: int = 4) -> int:
-    """n_head / kv_ratio when it divides, else the largest divisor of n_head not above max(1, n_head / kv_ratio)."""
+def default_query_groups(n_head: int, kv_ratio: int = 4, paired: bool = False) -> int:
+    """n_head / kv_ratio when it divides, else the largest divisor of n_head not above max(1, n_head / kv_ratio).
+
+    ``paired`` (differential attention takes groups in pairs) doubles an odd group count when the heads allow it.
+    """
     if n_head % kv_ratio == 0:
-        return n_head // kv_ratio
-    limit = max(1, n_head // kv_ratio)
-    return max(g for g in range(1, limit + 1) if n_head % g == 0)
+        groups = n_head // kv_ratio
+    else:
+        limit = max(1, n_head // kv_ratio)
+        groups = max(g for g in range(1, limit + 1) if n_head % g == 0)
+    if paired and groups % 2 and n_head % (2 * groups) == 0:
+        groups *= 2
+    return groups
 
 
 @dataclass
@@ -158,8 +170,7 @@ class Config:
         n_embd = ar_used * depth
         head_size = overrides.pop("head_size", None)
         if head_size is None:
-            # Transformer++ keeps head = width / n_head; reduced-width studies shrink heads with the width.
-            head_size = spec.head_size if ar is None else max(2, 2 * round(spec.head_size * ar_used / spec.ar / 2))
+            head_size = spec.scaled_head_size(ar)
         if spec.heads_per_depth is None:
             n_head = depth
         else:
@@ -169,9 +180,7 @@ class Config:
             n_head = n_embd // head_size
         if spec.layer_rule == "attention" and ar is None:
             head_size = n_embd // n_head
-        n_query_groups = default_query_groups(n_head, spec.kv_ratio)
-        if spec.diff_attn and n_query_groups % 2 and n_head % (2 * n_query_groups) == 0:
-            n_query_groups *= 2  # differential attention pairs KV groups; keep the group count even
+        n_query_groups = default_query_groups(n_head, spec.kv_ratio, paired=spec.diff_attn)
         values: dict[str, Any] = dict(
             name=f"{arch_name}_d{depth}", arch=arch_name, layer_rule=spec.layer_rule, n_layer=depth,
             n_embd=n_embd, n_head=n_head, head_size=head_size, n_query_groups=n_query_groups,

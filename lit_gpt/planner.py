@@ -54,7 +54,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence
 
 from lit_gpt.config import Config
-from lit_gpt.scaling import Launch, Plan, count_parameters, flops_per_token, transfer
+from lit_gpt.scaling import (SPEC_LEADING_MULT, Launch, Plan, count_parameters, flops_per_token,
+                             spec_leading_term, transfer)
 
 GB = 1e9
 DEVICE_PEAKS = {"h100": 989e12, "h200": 989e12, "h800": 989e12, "a100": 312e12, "l4": 121e12}
@@ -378,6 +379,13 @@ def hyperparameter_rows(plan: Plan, config: Config) -> list[dict[str, Any]]:
     return rows
 
 
+def _spec_leading_term(config: Config) -> Optional[float]:
+    """SPEC §5's mult·L³ for this arch and aspect ratio (what ArchScale's papers quote), None for custom shapes."""
+    if config.arch not in SPEC_LEADING_MULT or config.n_embd % config.n_layer:
+        return None
+    return spec_leading_term(config.arch, config.n_layer, config.n_embd // config.n_layer)
+
+
 def build_report(plan: Plan, config: Config, assumptions: Assumptions, run_name: str = "") -> dict[str, Any]:
     s = assumptions.resolved()
     counts = count_parameters(config)
@@ -392,7 +400,8 @@ def build_report(plan: Plan, config: Config, assumptions: Assumptions, run_name:
                   "tied_embeddings": config.tied_embeddings, "parameterization": config.parameterization,
                   "layers": config.describe_layers()},
         "parameters": {"total": counts.total, "non_embedding": counts.non_embedding, "embedding": counts.embedding,
-                       "lm_head": counts.lm_head, "matmul": counts.matmul},
+                       "lm_head": counts.lm_head, "matmul": counts.matmul,
+                       "spec_leading_term": _spec_leading_term(config)},
         "hyperparameters": hyperparameter_rows(plan, config),
         "budget": {"train_tokens": plan.train_tokens, "tokens_run": total_tokens, "steps": plan.max_steps,
                    "global_batch_tokens": plan.global_batch_tokens, "micro_batch": plan.micro_batch_size,
@@ -510,7 +519,9 @@ def format_plan_table(report: dict[str, Any]) -> str:
            f"({m['kv_groups']} kv groups), MLP {m['mlp_hidden']}, vocab {m['vocab']}"
            + (", tied" if m["tied_embeddings"] else ""),
            f"layers     " + ", ".join(_compress(m["layers"])),
-           f"params     {p['total']:,} total, {p['non_embedding']:,} non-embedding ({human(p['non_embedding'])})",
+           f"params     {p['total']:,} total, {p['non_embedding']:,} non-embedding ({human(p['non_embedding'])})"
+           + (f"; SPEC §5 mult·L³ gives {human(p['spec_leading_term'])} "
+              f"({p['spec_leading_term'] / p['non_embedding'] - 1:+.1%})" if p.get("spec_leading_term") else ""),
            f"budget     {human(b['tokens_run'])} tokens = {b['steps']:,} steps x {b['global_batch_tokens']:,} tokens "
            f"({b['world_size']} devices x {b['micro_batch']} x {b['seq_len']} x {b['grad_accum']} accum), "
            f"warmup {b['warmup_steps']:,} steps",

@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
-from lit_gpt.config import Config
+from lit_gpt.config import ARCHS, Config, default_query_groups
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -141,16 +141,76 @@ def count_parameters(config: Config) -> ParamCount:
                       non_embedding=non_embedding, matmul=blocks_mm + embedding)
 
 
-CLOSED_FORMS = {  # N ≈ (a·ar² + b·ar)·L³ from SPEC §5
+# SPEC §5's table: N ≈ (a·ar² + b·ar)·L³, the leading term only, kept for reference (the planner prints it next to
+# the exact count). It writes Mamba as 6w² (x_proj/dt_proj add w²/8 each) outside the all-Mamba row, gives
+# phi4miniflash SambaY's row, and cannot hold YOCO's extra Mamba + full-attention layers (O(L²)): up to 8% off
+# at d4, 2.4% at d16 (docs/scaling.md). The budget uses the exact count.
+SPEC_LEADING_MULT = {
     "transformer": (14.5, 0.0), "transformerls": (14.5, 0.0), "samba": (15.0, 160.0), "sambay": (14.5, 144.0),
     "sambayda": (14.5, 144.0), "sambayoco": (13.5, 208.0), "mambay": (16.0, 64.0), "mamba": (18.25, 0.0),
     "phi4miniflash": (14.5, 144.0),
 }
 
 
-def closed_form_non_embedding(arch: str, depth: int, ar: int) -> float:
-    a, b = CLOSED_FORMS[arch]
+def spec_leading_term(arch: str, depth: int, ar: Optional[int] = None) -> float:
+    """SPEC §5's shortcut mult·L³ (the leading term of ``closed_form_non_embedding``)."""
+    a, b = SPEC_LEADING_MULT[arch]
+    ar = ARCHS[arch].ar if ar is None else ar
     return (a * ar**2 + b * ar) * depth**3
+
+
+def layer_counts(layer_rule: str, depth: int) -> dict[str, int]:
+    """How many layers of each mixer kind an architecture's layout has at ``depth`` (SPEC §5), in closed form."""
+    L, half = depth, depth // 2
+    if layer_rule == "attention" or layer_rule == "transformerls":
+        return {"attention": L}
+    if layer_rule == "samba":
+        return {"mamba": (L + 1) // 2, "attention": L // 2}
+    if layer_rule == "mamba":
+        return {"mamba": L}
+    # YOCO: self-decoder (L/2 layers), one memory-saving Mamba, one KV-producing attention, cross-decoder.
+    cross_layers = L - half - 2
+    self_mamba = half if layer_rule == "mambay" else (half + 1) // 2
+    counts = {"mamba": self_mamba + 1, "attention": half - self_mamba + 1}
+    if layer_rule == "sambayoco":
+        counts["cross_attention"] = cross_layers
+    else:  # GMU on even indices half+2 … L−1, cross-attention on odd ones
+        first = half + 2
+        counts["gmu"] = (L - first + 1 - first % 2) // 2 if cross_layers > 0 else 0
+        counts["cross_attention"] = cross_layers - counts["gmu"]
+    return counts
+
+
+def closed_form_non_embedding(arch: str, depth: int, ar: Optional[int] = None) -> float:
+    """Non-embedding parameters as a polynomial in depth, derived from SPEC §5's layer rules and sizes.
+
+    Equal to ``count_parameters`` whenever the width is a multiple of 16 (Mamba's dt_rank = ⌈w/16⌉ is then w/16);
+    otherwise off only by that rounding. With w = ar·L, A = attention width, K = KV width, ν = 1 (RMSNorm) or
+    2 (LayerNorm) per norm:
+    every layer 12w² (SwiGLU MLP) + 2νw; attention 2wA + 2wK (+ biases A + 2K + w); cross-attention 2wA
+    (+ A + w); Mamba 6w² + 4w·(w/16) + 64w + 46w (in/out proj, x_proj + dt_proj, conv 4+1, dt bias, A_log 16,
+    D per channel); GMU 4w²; differential attention 6·head λ/norm parameters per attention layer; final norm νw.
+    """
+    spec = ARCHS[arch]
+    L = depth
+    ar = spec.ar if ar is None else ar
+    w = ar * L
+    head = spec.scaled_head_size(None if ar == spec.ar else ar)
+    n_head = L if spec.heads_per_depth is None else w // head
+    if spec.layer_rule == "attention" and ar == spec.ar:
+        head = w / n_head
+    A, K = n_head * head, default_query_groups(int(n_head), spec.kv_ratio, paired=spec.diff_attn) * head
+    nu = 2 if spec.norm == "layernorm" else 1
+    bias = 1 if spec.attn_bias else 0
+    diff = 6 * head if spec.diff_attn else 0
+    per_kind = {
+        "attention": 2 * w * A + 2 * w * K + bias * (A + 2 * K + w) + diff,
+        "cross_attention": 2 * w * A + bias * (A + w) + diff,
+        "mamba": 6 * w**2 + 4 * w * (w / 16) + 2 * w * 32 + 46 * w,
+        "gmu": 4 * w**2,
+    }
+    counts = layer_counts(spec.layer_rule, L)
+    return L * (12 * w**2 + 2 * nu * w) + sum(per_kind[k] * n for k, n in counts.items()) + nu * w
 
 
 def average_keys_per_query(seq_len: int, window: Optional[int]) -> float:

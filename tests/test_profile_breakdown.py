@@ -150,3 +150,27 @@ def test_cpu_smoke_profile_mode(tmp_path, monkeypatch):
     assert json.loads((prof_dir / "base_profile.json").read_text())["kernel_ms"] == prof["kernel_ms"]
     with gzip.open(prof_dir / "base_trace.json.gz", "rt") as fh:
         assert json.load(fh)["traceEvents"]
+
+
+def test_trace_summary_counts_exposed_collectives(tmp_path):
+    """Two 10 ms steps; compute kernels 0-6 ms and 10-16 ms, an all-gather 5-8 ms (2 ms exposed) and 12-13 ms
+    (hidden): exposed collectives 1 ms/step, idle 3 ms/step."""
+    ms = 1000.0
+    events = [{"ph": "X", "name": f"ProfilerStep#{i}", "ts": i * 10 * ms, "dur": 10 * ms, "cat": "user_annotation"}
+              for i in range(2)]
+    events += [{"ph": "X", "cat": "kernel", "name": "nvjet_tst_128x256", "ts": t * ms, "dur": 6 * ms} for t in (0, 10)]
+    events += [{"ph": "X", "cat": "kernel", "name": "ncclDevKernel_AllGather_RING_LL", "ts": t * ms, "dur": d * ms}
+               for t, d in ((5, 3), (12, 1))]
+    path = tmp_path / "rank0.pt.trace.json.gz"
+    with gzip.open(path, "wt") as fh:
+        json.dump({"traceEvents": events}, fh)
+    s = pb.summarize_trace(path)
+    assert s["steps"] == 2 and s["step_ms"] == 10.0
+    assert s["compute_busy_ms"] == 6.0 and s["busy_ms"] == 7.0
+    assert s["nccl_exposed_ms"] == 1.0 and s["idle_ms"] == 3.0
+    assert s["categories"]["nccl"]["ms"] == 2.0 and s["categories"]["gemm"]["ms"] == 6.0
+    assert "collectives exposed" in pb.format_trace_summary(s)
+    with pytest.raises(ValueError, match="no device kernels"):
+        plain = tmp_path / "cpu.json"
+        plain.write_text(json.dumps({"traceEvents": events[:2]}))
+        pb.summarize_trace(plain)

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from lit_gpt.config import ARCHS, Config, ConfigError
-from lit_gpt.scaling import (BaseHyperparameters, Launch, closed_form_non_embedding, count_parameters,
+from lit_gpt.scaling import (BaseHyperparameters, Launch, closed_form_non_embedding, count_parameters, layer_counts,
                              flops_per_token, is_vector_like, lr_factor, transfer)
 
 GOLDEN = [  # L, w, N (M), tokens (B), vector lr, matrix lr, logit mult, branch mult
@@ -92,12 +92,23 @@ def test_vector_like_classification():
         assert not is_vector_like(name), name
 
 
-def test_closed_forms_asymptotic():
+def test_closed_forms_match_exact_counts():
     for arch in ARCHS:
         for L in (16, 24, 32):
             cfg = Config.from_name(f"{arch}_d{L}")
             exact = count_parameters(cfg).non_embedding
-            assert exact == pytest.approx(closed_form_non_embedding(arch, L, ARCHS[arch].ar), rel=0.025), (arch, L)
+            assert exact == pytest.approx(closed_form_non_embedding(arch, L, ARCHS[arch].ar), rel=0.02), (arch, L)
+
+
+def test_layer_counts_follow_the_layout():
+    from collections import Counter
+
+    for arch in ARCHS:
+        for L in (4, 8, 12, 16, 20, 32):
+            cfg = Config.from_name(f"{arch}_d{L}", ar=16, head_size=8)
+            planned = Counter(spec.mixer for spec in cfg.layer_plan())
+            counted = {k: v for k, v in layer_counts(cfg.layer_rule, L).items() if v}
+            assert dict(planned) == counted, (arch, L)
 
 
 def test_flops_transformer_matches_anchor_formula():

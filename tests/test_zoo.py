@@ -12,7 +12,7 @@ import torch
 
 from lit_gpt.config import ARCHS, Config, ConfigError
 from lit_gpt.model import GPT
-from lit_gpt.scaling import closed_form_non_embedding, count_parameters
+from lit_gpt.scaling import closed_form_non_embedding, count_parameters, spec_leading_term
 
 VOCAB = 256
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -105,27 +105,52 @@ def test_parameter_count_exact(arch, depth):
 #   sambayoco d16 +2.48% (exact leading coefficient is 13.5625·ar², not 13.5), mambay d16 +2.01%,
 #   phi4miniflash (its 64-wide heads, 2 KV ratio and biases make attention scale with ar², so sambayda's form is
 #   only indicative): d16 -1.55%, d24 -0.25%, d32 -2.28%.
-CLOSED_FORM_TOL = {("sambayoco", 16): 0.026, ("mambay", 16): 0.022, ("phi4miniflash", 32): 0.025}
-
-
 @pytest.mark.parametrize("arch", ZOO)
 def test_closed_form_parameter_count(arch):
-    ar = ARCHS[arch].ar
-    deviations = {}
-    for depth in (4, 8, 16, 24, 32):
+    """The closed form (a polynomial in depth from SPEC §5's rules) is within 2% of the built model at every depth
+    4…32, and exact whenever the width is a multiple of 16 (Mamba's dt_rank = ⌈w/16⌉ is the only rounding)."""
+    checked = 0
+    for depth in range(4, 33):
         try:
             cfg = Config.from_name(f"{arch}_d{depth}")
         except ConfigError:
-            continue  # phi4miniflash needs 80·L divisible by 64
-        with torch.device("meta"):
-            model = GPT(cfg)
-        n = model.num_parameters(non_embedding=True)
-        assert n == count_parameters(cfg).non_embedding
-        deviations[depth] = n / closed_form_non_embedding(arch, depth, ar) - 1
-    print(f"\n{arch} closed-form deviation: " + ", ".join(f"d{d} {v:+.2%}" for d, v in deviations.items()))
-    for depth, dev in deviations.items():
-        if depth >= 16:
-            assert abs(dev) <= CLOSED_FORM_TOL.get((arch, depth), 0.02), (arch, depth, dev)
+            continue  # YOCO needs depth % 4 == 0; phi4miniflash needs 80·L divisible by 64
+        exact = count_parameters(cfg).non_embedding
+        closed = closed_form_non_embedding(arch, depth)
+        assert closed == pytest.approx(exact, rel=0.02), (arch, depth)
+        if cfg.n_embd % 16 == 0:
+            assert closed == exact, (arch, depth)
+        checked += 1
+    assert checked >= 4  # phi4miniflash: depths 8, 16, 24, 32
+    with torch.device("meta"):
+        model = GPT(Config.from_name(f"{arch}_d16" if arch != "phi4miniflash" else f"{arch}_d32"))
+    assert model.num_parameters(non_embedding=True) == count_parameters(model.config).non_embedding
+
+
+# SPEC §5's mult·L³ against the closed form's L³ coefficient. The table writes Mamba as 6w² (it is 6.25w²: x_proj
+# and dt_proj add w²/8 each) outside the all-Mamba row, and gives phi4miniflash SambaY's row, which assumes L heads
+# of 128; at 64-wide heads with w/64 heads and KV groups of 2 its attention is 3w² (SWA) and 2w² (cross), so the
+# true coefficient is 15.8125·ar² = 101,200 against the table's 14.5·80² + 144·80 = 104,320 (+3.1%).
+LEADING_TERM_TOL = {"phi4miniflash": 0.035}
+
+
+@pytest.mark.parametrize("arch", ZOO)
+def test_spec_table_is_the_leading_term(arch):
+    big = 1 << 16
+    ratio = spec_leading_term(arch, big) / closed_form_non_embedding(arch, big)
+    assert abs(ratio - 1) <= LEADING_TERM_TOL.get(arch, 0.01), (arch, ratio)
+
+
+def test_closed_form_with_reduced_aspect_ratio():
+    for arch in ZOO:
+        for ar in (8, 16, 32):
+            for depth in (4, 8, 16):
+                try:
+                    cfg = Config.from_name(f"{arch}_d{depth}", ar=ar)
+                except ConfigError:
+                    continue
+                assert closed_form_non_embedding(arch, depth, ar) == pytest.approx(
+                    count_parameters(cfg).non_embedding, rel=0.01), (arch, ar, depth)
 
 
 def test_mamba_exact_closed_form():
