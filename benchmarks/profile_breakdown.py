@@ -270,7 +270,9 @@ def summarize_trace(path: str | Path, top: int = 15) -> dict[str, Any]:
     with opener(path, "rt") as fh:
         events = json.load(fh)["traceEvents"]
     kernels = [e for e in events if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
-    steps = [e for e in events if e.get("ph") == "X" and str(e.get("name", "")).startswith("ProfilerStep#")]
+    # each ProfilerStep# range appears twice, on the CPU and (as gpu_user_annotation) on the device timeline
+    steps = [e for e in events if e.get("ph") == "X" and str(e.get("name", "")).startswith("ProfilerStep#")
+             and e.get("cat") != "gpu_user_annotation"]
     if not kernels or not steps:
         raise ValueError(f"{path}: no device kernels or no ProfilerStep# ranges; is it a GPU trace from --profile?")
     n = len(steps)

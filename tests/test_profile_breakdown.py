@@ -158,6 +158,7 @@ def test_trace_summary_counts_exposed_collectives(tmp_path):
     ms = 1000.0
     events = [{"ph": "X", "name": f"ProfilerStep#{i}", "ts": i * 10 * ms, "dur": 10 * ms, "cat": "user_annotation"}
               for i in range(2)]
+    events += [dict(e, cat="gpu_user_annotation") for e in events]  # the device-side copies are not extra steps
     events += [{"ph": "X", "cat": "kernel", "name": "nvjet_tst_128x256", "ts": t * ms, "dur": 6 * ms} for t in (0, 10)]
     events += [{"ph": "X", "cat": "kernel", "name": "ncclDevKernel_AllGather_RING_LL", "ts": t * ms, "dur": d * ms}
                for t, d in ((5, 3), (12, 1))]
@@ -172,5 +173,5 @@ def test_trace_summary_counts_exposed_collectives(tmp_path):
     assert "collectives exposed" in pb.format_trace_summary(s)
     with pytest.raises(ValueError, match="no device kernels"):
         plain = tmp_path / "cpu.json"
-        plain.write_text(json.dumps({"traceEvents": events[:2]}))
+        plain.write_text(json.dumps({"traceEvents": events[:4]}))
         pb.summarize_trace(plain)
