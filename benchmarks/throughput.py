@@ -5,14 +5,15 @@
     python benchmarks/throughput.py --cpu            # seconds on a laptop: tiny model, no compile
 
 Each variant builds a fresh ``Trainer`` from ``RunOptions`` (no data folder: a synthetic stream of random tokens
-in pinned host memory, like the loader's), then times exactly ``trainer.forward_backward`` + the guard of
-``Trainer.train`` + ``optimizer.step`` + ``zero_grad``. A variant is a ``+``-joined set of tokens:
+in pinned host memory, like the loader's), then times exactly ``Trainer.train_step`` (gradients, clipping, the
+guard, ``optimizer.step``, ``zero_grad``). A variant is a ``+``-joined set of tokens:
 
-    base           the step as pretrain runs it today
-    no_guard       no NaN/spike guard (``--skip_nonfinite false``): no host sync per step
+    base           the step as pretrain runs it today (on CUDA: the guard inside the fused AdamW, ``--guard device``)
+    host_guard     ``--guard host``: clipping through Fabric and the non-finite check on the host (one sync per step)
+    no_guard       no non-finite guard (``--skip_nonfinite false``)
     fused_ce       head cross-entropy through kernels/fused_ops.py (bf16 GEMMs + one compiled pass per chunk)
     dense_ce       full logits + F.cross_entropy;  chunked_ce: the eager chunked autograd Function
-    fused_clip     clipping and the non-finite guard inside the fused AdamW kernel (no rescale pass, no sync)
+    fused_clip     ``--guard device``: clipping and the non-finite guard inside the fused AdamW kernel (no sync)
     expand_kv      GQA keys/values expanded to all heads before SDPA (instead of ``enable_gqa``)
     cudnn_attn     SDPA backend priority cuDNN > flash > efficient > math
     model_compile  torch.compile of the whole model instead of each Block (implies dense_ce unless given)
@@ -52,7 +53,7 @@ import torch  # noqa: E402
 from benchmarks.hf_llama_peer import PEAK_BF16, anchor_flops_per_token  # noqa: E402
 from benchmarks.timing import environment, peak_memory_gb, time_steps  # noqa: E402
 
-TOKENS = ("base", "no_guard", "fused_ce", "dense_ce", "chunked_ce", "fused_clip", "expand_kv", "cudnn_attn",
+TOKENS = ("base", "host_guard", "no_guard", "fused_ce", "dense_ce", "chunked_ce", "fused_clip", "expand_kv", "cudnn_attn",
           "model_compile", "no_compile", "ac", "fast")
 PEERS = ("hf_llama",)
 CPU_DEFAULTS = dict(depth=2, ar=32, ctx_len=64, micro_bsz=2, steps=3, warmup=1)
@@ -64,7 +65,7 @@ class Variant:
     name: str
     ce: Optional[str] = None  # None: the default choice of kernels/cross_entropy.py
     guard: bool = True
-    fused_clip: bool = False
+    guard_on: str = "auto"  # RunOptions.guard
     expand_kv: bool = False
     cudnn_attn: bool = False
     compile: str = "blocks"  # blocks | model | none
@@ -85,13 +86,15 @@ def parse_variant(name: str, compile_default: bool, ac_default: bool) -> Variant
     v = Variant(name=name, compile="blocks" if compile_default else "none", ac=ac_default, tokens=tokens)
     for t in tokens:
         if t == "fast":
-            v.ce, v.fused_clip = v.ce or "fused", True
+            v.ce, v.guard_on = v.ce or "fused", "device"
         elif t == "no_guard":
             v.guard = False
+        elif t == "host_guard":
+            v.guard_on = "host"
         elif t.endswith("_ce"):
             v.ce = t[:-3]
         elif t == "fused_clip":
-            v.fused_clip = True
+            v.guard_on = "device"
         elif t == "expand_kv":
             v.expand_kv = True
         elif t == "cudnn_attn":
@@ -185,7 +188,8 @@ def run_ours(args: argparse.Namespace, variant: Variant, work_dir: Path) -> dict
                       total_bsz=tokens_per_step, max_steps=args.warmup + args.steps + args.profile_steps + 1,
                       out_dir=str(out_dir), train_data_dir=str(out_dir), devices=1, strategy="single",
                       precision=args.precision, compile=variant.compile == "blocks",
-                      activation_checkpointing=variant.ac, skip_nonfinite=variant.guard, seed=args.seed, num_workers=0)
+                      activation_checkpointing=variant.ac, skip_nonfinite=variant.guard, guard=variant.guard_on,
+                      seed=args.seed, num_workers=0)
     with contextlib.ExitStack() as stack:
         stack.enter_context(env_var("LITSCALE_CE_IMPL", variant.ce))
         stack.enter_context(expanded_kv(variant.expand_kv))
@@ -199,37 +203,19 @@ def run_ours(args: argparse.Namespace, variant: Variant, work_dir: Path) -> dict
         trainer.build()
         if variant.compile == "model":
             trainer.model._forward_module.compile()
-        if variant.fused_clip:
-            from lit_gpt.kernels.fused_ops import clip_and_guard_, supports_fused_guard
-
-            if not supports_fused_guard(trainer.optimizer):
-                raise RuntimeError("fused_clip needs the fused AdamW (CUDA)")
-
-            def clip_gradients(module, optimizer, max_norm=None, error_if_nonfinite=False, **_):
-                return clip_and_guard_(optimizer, module.parameters(), max_norm, skip_nonfinite=variant.guard)[0]
-
-            trainer.fabric.clip_gradients = clip_gradients  # the instance attribute shadows Fabric's method
         config, plan, fabric, optimizer = trainer.config, trainer.plan, trainer.fabric, trainer.optimizer
         batches = synthetic_batches(config.vocab_size, args.micro_bsz, args.ctx_len, device, seed=args.seed)
         loss_sum = torch.zeros((), device=device)
         counter = {"step": 0, "skipped": 0}
-        guard_on_host = variant.guard and not variant.fused_clip
 
         def step() -> torch.Tensor:
-            lr = plan.lr_at(counter["step"])
-            step_loss, grad_norm = trainer.forward_backward(batches, lr)
-            skip = None
-            if guard_on_host:  # as Trainer.train: one host synchronization per optimizer step
-                mean_loss = fabric.all_reduce(step_loss.detach(), reduce_op="mean")
-                skip = trainer._guard(float(mean_loss), float(grad_norm))
-            if skip is None:
-                optimizer.step()
-                loss_sum.add_(step_loss)
+            result = trainer.train_step(batches, plan.lr_at(counter["step"]))
+            if result.skip_reason is None:
+                loss_sum.add_(result.loss)
             else:
                 counter["skipped"] += 1
-            optimizer.zero_grad(set_to_none=True)
             counter["step"] += 1
-            return step_loss
+            return result.loss
 
         graphs_before = dynamo_counts()
         timing = time_steps(step, steps=args.steps, warmup=args.warmup, device=device)
@@ -253,10 +239,6 @@ def run_ours(args: argparse.Namespace, variant: Variant, work_dir: Path) -> dict
                                                      trainer.system.accelerator, variant.ac)
             except Exception as err:
                 result["planner"] = {"error": f"{type(err).__name__}: {err}"}
-        if variant.fused_clip:
-            from lit_gpt.kernels.fused_ops import disarm_
-
-            disarm_(optimizer)
         del trainer, batches, optimizer, fabric, step, timing
     shutil.rmtree(out_dir, ignore_errors=True)
     return result
@@ -267,9 +249,9 @@ def profile_ours(args, variant: Variant, trainer: Any, step, device: torch.devic
     """``--profile_steps``: the breakdown of benchmarks/profile_breakdown.py for this variant's (warm) step; a failure
     is recorded in the row instead of discarding the variant's timing."""
     from benchmarks import profile_breakdown as pb
-    from lit_gpt.kernels import cross_entropy
+    from lit_gpt.kernels import cross_entropy, fused_ops
 
-    marks = [(trainer.fabric, "clip_gradients", pb.CLIP_MARK)]
+    marks = [(trainer.fabric, "clip_gradients", pb.CLIP_MARK), (fused_ops, "clip_and_guard_", pb.CLIP_MARK)]
     if variant.compile != "model":  # the head's loss runs eagerly after the compiled Blocks
         marks.append((cross_entropy, "linear_cross_entropy", pb.HEAD_MARK))
     linear = sum(m.weight.numel() for m in trainer.model.modules() if isinstance(m, torch.nn.Linear))

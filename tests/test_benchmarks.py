@@ -105,6 +105,26 @@ def test_clip_and_guard_matches_clip_grad_norm_and_skips_nonfinite():
     assert o2.grad_scale is None and o2.found_inf is None
 
 
+def test_clip_and_guard_sums_sharded_norms():
+    """Two ranks each holding half of every gradient (as FSDP shards them) clip with the global norm."""
+    m1, m2, o1, o2 = _pair()
+    x = torch.randn(5, 8) * 10
+    for m in (m1, m2):
+        m(x).pow(2).sum().backward()
+    ref = torch.nn.utils.clip_grad_norm_(m1.parameters(), 1.0)
+    full = [p.grad.flatten() for p in m2.parameters()]
+    halves = [[g[: g.numel() // 2] for g in full], [g[g.numel() // 2:] for g in full]]
+    other = torch.nn.utils.get_total_norm(halves[1], 2.0) ** 2
+    local = [torch.nn.Parameter(torch.zeros_like(g)) for g in halves[0]]
+    for p, g in zip(local, halves[0]):
+        p.grad = g.clone()
+    opt = torch.optim.AdamW(local, lr=1e-2, fused=True)
+    norm, found = clip_and_guard_(opt, local, 1.0, sum_over_shards=lambda sq: sq + other)
+    assert found.item() == 0.0
+    torch.testing.assert_close(norm, ref, rtol=1e-5, atol=0)
+    torch.testing.assert_close(opt.grad_scale, ref / 1.0 + 1e-6, rtol=1e-5, atol=0)
+
+
 def test_clip_and_guard_needs_fused_adam():
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -116,7 +136,9 @@ def test_clip_and_guard_needs_fused_adam():
 # ------------------------------------------------------------------------------------------ throughput script
 def test_parse_variant_tokens():
     v = throughput.parse_variant("fast+expand_kv", compile_default=True, ac_default=False)
-    assert (v.ce, v.fused_clip, v.expand_kv, v.guard, v.compile) == ("fused", True, True, True, "blocks")
+    assert (v.ce, v.guard_on, v.expand_kv, v.guard, v.compile) == ("fused", "device", True, True, "blocks")
+    assert throughput.parse_variant("base", compile_default=True, ac_default=False).guard_on == "auto"
+    assert throughput.parse_variant("host_guard", compile_default=True, ac_default=False).guard_on == "host"
     v = throughput.parse_variant("model_compile", compile_default=True, ac_default=False)
     assert (v.ce, v.compile) == ("dense", "model")
     v = throughput.parse_variant("no_guard+chunked_ce+no_compile+ac", compile_default=True, ac_default=False)
@@ -202,21 +224,15 @@ def test_cross_entropy_default_choice(monkeypatch):
 
 
 def test_cpu_fused_clip_variant_through_the_trainer(tmp_path, monkeypatch):
-    """The fused_clip path (Fabric's clip_gradients shadowed, grad_scale/found_inf on the real optimizer) end to end,
-    with the CPU's fused AdamW standing in for CUDA's."""
+    """``fast`` (= --guard device: grad_scale/found_inf on the real fused AdamW, CPU's standing in for CUDA's) end to
+    end through Trainer.train_step."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-
-    class FusedAdamW(torch.optim.AdamW):
-        def __init__(self, *args, **kwargs):
-            kwargs["fused"] = True
-            super().__init__(*args, **kwargs)
-
-    monkeypatch.setattr(torch.optim, "AdamW", FusedAdamW)
     out = tmp_path / "tp.json"
     rc = throughput.main(["--cpu", "--depth", "1", "--ar", "16", "--ctx_len", "32", "--vocab_size", "256",
-                          "--steps", "2", "--warmup", "1", "--variants", "fast", "--json", str(out)])
+                          "--steps", "2", "--warmup", "1", "--variants", "fast,host_guard", "--json", str(out)])
     assert rc == 0
-    row = json.loads(out.read_text())["results"][0]
-    assert "error" not in row, row.get("traceback")
-    assert row["ce_impl"] == "fused" and row["variant"]["fused_clip"] and row["skipped_steps"] == 0
-    assert abs(row["final_loss"] - math.log(256)) < 0.5
+    fast, host = json.loads(out.read_text())["results"][:2]
+    assert "error" not in fast, fast.get("traceback")
+    assert fast["ce_impl"] == "fused" and fast["variant"]["guard_on"] == "device" and fast["skipped_steps"] == 0
+    assert host["variant"]["guard_on"] == "host"
+    assert abs(fast["final_loss"] - math.log(256)) < 0.5

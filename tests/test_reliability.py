@@ -240,10 +240,40 @@ def test_nonfinite_and_spike_steps_are_skipped_and_counted(builtin_data, tmp_pat
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
 
 
+def test_device_guard_skips_inside_the_optimizer_and_reports_at_log_steps(builtin_data, tmp_path, monkeypatch,
+                                                                             capsys):
+    """--guard device: no host sync per step; the fused AdamW skips the non-finite step itself (weights, moments and
+    step count untouched), the skip is printed and recorded at the next log step, and training matches --guard host."""
+    runs = {}
+    for guard in ("host", "device"):
+        runs[guard] = run = tmp_path / guard
+        corrupt_training_losses(monkeypatch, {2: float("nan")})
+        args = TINY + ["--train_data_dir", builtin_data, "--out_dir", str(run), "--max_steps", "6", "--save_step", "1",
+                       "--guard", guard, "--log_step", "3"]
+        assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "step 2: skipped, non-finite loss/grad" in printed, printed
+    assert "step(s) 2: skipped in the optimizer" in printed, printed
+    device = {s: load_state(runs["device"], s) for s in (2, 3, 6)}
+    assert device[2]["skipped_steps"] == [] and device[3]["skipped_steps"] == [2] == device[6]["skipped_steps"]
+    for name, tensor in device[2]["model"].items():
+        assert torch.equal(tensor, device[3]["model"][name]), name
+    for key, st in device[2]["optimizer"]["state"].items():
+        after = device[3]["optimizer"]["state"][key]
+        assert torch.equal(st["exp_avg"], after["exp_avg"]) and torch.equal(st["step"], after["step"]), key
+    host = load_state(runs["host"], 6)
+    for name, tensor in host["model"].items():  # same clipping, same skip: the same weights (fused vs foreach AdamW)
+        torch.testing.assert_close(device[6]["model"][name], tensor, rtol=1e-4, atol=5e-5)
+    losses = train_losses(runs["device"])
+    assert losses[3] == losses[3] and losses[6] == losses[6]  # the window's mean leaves the skipped step out
+
+
+@pytest.mark.parametrize("guard", ["host", "device"])
 def test_too_many_skips_stops_with_checkpoint_and_exit_3_and_counter_persists(builtin_data, tmp_path, monkeypatch,
-                                                                                 capsys):
+                                                                                 capsys, guard):
     run = tmp_path / "run"
-    args = TINY + ["--train_data_dir", builtin_data, "--out_dir", str(run), "--save_step", "1", "--max_skips", "2"]
+    args = TINY + ["--train_data_dir", builtin_data, "--out_dir", str(run), "--save_step", "1", "--max_skips", "2",
+                   "--guard", guard]
     corrupt_training_losses(monkeypatch, {0: float("nan"), 1: float("nan")})
     assert main(args + ["--max_steps", "3"]) == 0  # two skips: at the limit, not over it
     assert load_state(run, 3)["skipped_steps"] == [0, 1]
@@ -349,3 +379,10 @@ def test_bad_input_gives_one_line_error_and_keeps_checkpoints(case, builtin_data
     assert expect in line.lower(), line
     if protected is not None:
         assert tree_digest(out / "checkpoints") == protected
+
+
+@pytest.mark.parametrize("extra, message", [(["--guard", "gpu"], "--guard 'gpu' must be auto, host or device"),
+                                            (["--guard", "device", "--spike_threshold", "3"], "use --guard host")])
+def test_bad_guard_options_give_one_line_error(extra, message, capsys):
+    line = one_error_line(capsys, main(TINY + ["--dry_run"] + extra))
+    assert message in line, line

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 
@@ -150,22 +150,31 @@ def supports_fused_guard(optimizer: torch.optim.Optimizer) -> bool:
 
 
 def clip_and_guard_(optimizer: torch.optim.Optimizer, parameters: Iterable[torch.Tensor], max_norm: Optional[float],
-                    *, skip_nonfinite: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                    *, skip_nonfinite: bool = True,
+                    sum_over_shards: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Arm the next ``optimizer.step()`` to clip to ``max_norm`` and to skip the step if the norm is not finite.
 
     Returns (total gradient norm before clipping, found_inf as a 0-d fp32 tensor: 1.0 where the step will be
     skipped), both on the device and without a host synchronization. Needs a fused Adam/AdamW (see
     ``supports_fused_guard``); the settings hold for the next step only, so call this before every step.
-    Single process or replicated gradients (DDP) only: sharded gradients (FSDP) need the sharded norm.
+    Sharded gradients (FSDP) pass ``sum_over_shards``: it turns this rank's sum of squares into the sum over all
+    shards (an all-reduce that stays on the device), so every rank clips with the global norm.
     """
     opt = _base_optimizer(optimizer)
     if not supports_fused_guard(opt):
         raise ValueError("clip_and_guard_ needs torch.optim.Adam/AdamW with fused=True in every param group")
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
+    grads = [p.grad for p in parameters if p.grad is not None and p.grad.numel()]
+    if sum_over_shards is not None:
+        device = grads[0].device if grads else _optimizer_device(opt)
+        local = (torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True).float() ** 2 if grads
+                 else torch.zeros((), dtype=torch.float32, device=device))
+        norm = sum_over_shards(local).sqrt()
+    elif not grads:
         zero = torch.zeros((), dtype=torch.float32)
         return zero, zero
-    norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True).float()
+    else:
+        norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True).float()
     found_inf = (~torch.isfinite(norm)).float()
     opt.found_inf = found_inf if skip_nonfinite else None
     if max_norm is not None and max_norm > 0 and math.isfinite(max_norm):
@@ -174,6 +183,13 @@ def clip_and_guard_(optimizer: torch.optim.Optimizer, parameters: Iterable[torch
     else:
         opt.grad_scale = None
     return norm, found_inf
+
+
+def _optimizer_device(opt: torch.optim.Optimizer) -> torch.device:
+    for group in opt.param_groups:
+        for p in group["params"]:
+            return p.device
+    return torch.device("cpu")
 
 
 def disarm_(optimizer: torch.optim.Optimizer) -> None:

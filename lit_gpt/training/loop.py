@@ -13,6 +13,7 @@ import sys
 import time
 from collections import deque
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -31,6 +32,16 @@ WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_or
 
 class TrainingStopped(RuntimeError):
     """The guards stopped the run (a checkpoint was written first)."""
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step leaves on this rank (tensors stay on the device: no host synchronization)."""
+
+    loss: torch.Tensor  # mean loss over the step's micro batches
+    grad_norm: torch.Tensor  # global gradient norm before clipping
+    skipped: Optional[torch.Tensor] = None  # guard on the device: 1.0 where the fused optimizer skipped the step
+    skip_reason: Optional[str] = None  # guard on the host: why the step was skipped
 
 
 def clean_name(name: str) -> str:
@@ -122,7 +133,10 @@ class Trainer:
             model = GPT(self.config)
         self.model = parallelize(model, self.fabric, opts, system)
         groups = self._param_groups()
-        fused = system.accelerator == "cuda"
+        self.guard_on_device = opts.guard == "device" or (
+            opts.guard == "auto" and system.accelerator == "cuda" and not opts.spike_threshold)
+        # the fused AdamW (CUDA, and CPU since torch 2.4) clips and skips inside its own kernel (--guard device)
+        fused = system.accelerator == "cuda" or self.guard_on_device
         optimizer = torch.optim.AdamW(groups, lr=self.plan.lr, betas=self.plan.betas, eps=self.plan.eps, fused=fused)
         self.optimizer = self.fabric.setup_optimizers(optimizer)
         self.peak_flops = device_peak_flops(self.fabric.device)
@@ -373,12 +387,10 @@ class Trainer:
             return f"loss spike ({loss:.4f} > {opts.spike_threshold} x average {self.loss_ema:.4f})"
         return None
 
-    def forward_backward(self, batches: Iterator[torch.Tensor], lr: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step's gradients: grad-accumulated micro steps, then clipping. Returns (loss, grad norm).
-
-        The benchmarks time exactly this (plus ``optimizer.step``), so what they measure is what pretrain runs.
-        """
-        fabric, model, optimizer = self.fabric, self.model, self.optimizer
+    def forward_backward(self, batches: Iterator[torch.Tensor], lr: float) -> StepResult:
+        """One optimizer step's gradients: grad-accumulated micro steps, then clipping (on the device, arming the
+        fused optimizer to clip and to skip a non-finite step, or through Fabric on the host path)."""
+        fabric, model, optimizer, opts = self.fabric, self.model, self.optimizer, self.opts
         ga = self.plan.grad_accum_steps
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_mult"]
@@ -388,11 +400,47 @@ class Trainer:
             x, y = batch[:, :-1], batch[:, 1:]
             sync = nullcontext() if micro == ga - 1 else fabric.no_backward_sync(model)
             with sync:
-                loss = model(x, targets=y, label_smoothing=self.opts.label_smoothing).loss
+                loss = model(x, targets=y, label_smoothing=opts.label_smoothing).loss
                 fabric.backward(loss / ga)
             step_loss += loss.detach() / ga
+        if self.guard_on_device:
+            from lit_gpt.kernels.fused_ops import clip_and_guard_
+
+            norm, found_inf = clip_and_guard_(optimizer, model.parameters(), self.plan.grad_clip,
+                                              skip_nonfinite=opts.skip_nonfinite,
+                                              sum_over_shards=self._sum_over_shards())
+            skipped = found_inf if opts.skip_nonfinite else torch.zeros_like(found_inf)
+            return StepResult(step_loss, norm, skipped=skipped.to(fabric.device))
         grad_norm = fabric.clip_gradients(model, optimizer, max_norm=self.plan.grad_clip, error_if_nonfinite=False)
-        return step_loss, grad_norm
+        return StepResult(step_loss, grad_norm)
+
+    def _sum_over_shards(self):
+        """For sharded gradients: sum this rank's squared norm over the shards (None: gradients are replicated)."""
+        from lit_gpt.training.parallel import fsdp_sharding
+
+        if self.system.strategy != "fsdp" or self.fabric.world_size == 1:
+            return None
+        sharding = fsdp_sharding(self.opts, self.system.nodes)
+        if sharding == "NO_SHARD":
+            return None
+        replicas = self.system.nodes if sharding == "HYBRID_SHARD" else 1  # each shard is held once per node
+        return lambda sq: self.fabric.all_reduce(sq, reduce_op="sum") / replicas
+
+    def train_step(self, batches: Iterator[torch.Tensor], lr: float) -> StepResult:
+        """One optimizer step exactly as ``train`` runs it (the benchmarks time this): gradients, the guard, the
+        optimizer step and zero_grad. The host guard synchronizes once; the device guard never does."""
+        fabric, opts, optimizer = self.fabric, self.opts, self.optimizer
+        result = self.forward_backward(batches, lr)
+        if result.skipped is None and (opts.skip_nonfinite or opts.spike_threshold):
+            mean_loss = fabric.all_reduce(result.loss, reduce_op="mean")
+            loss_value, norm_value = float(mean_loss), float(result.grad_norm)
+            result.skip_reason = self._guard(loss_value, norm_value)
+            if result.skip_reason is None:
+                self.loss_ema = loss_value if self.loss_ema is None else 0.98 * self.loss_ema + 0.02 * loss_value
+        if result.skip_reason is None:
+            optimizer.step()  # on the device path the kernel itself leaves a skipped step untouched
+        optimizer.zero_grad(set_to_none=True)
+        return result
 
     def train(self) -> int:
         opts, plan, fabric = self.opts, self.plan, self.fabric
@@ -410,45 +458,51 @@ class Trainer:
         self.last_save_time = time.monotonic()
         start_time, start_step = time.perf_counter(), self.step
         loss_sum = torch.zeros((), device=device)
-        loss_steps = 0
+        loss_steps = torch.zeros((), device=device)
+        # device guard: step s writes s + 1 at s % log_step when the optimizer skipped it; read at log steps
+        skipped_at = torch.zeros(opts.log_step, device=device) if self.guard_on_device else None
         profiler = self._profiler()
         status = "finished"
         try:
             while self.step < plan.max_steps:
                 lr = plan.lr_at(self.step)
-                step_loss, grad_norm = self.forward_backward(batches, lr)
-                skip_reason = None
-                if opts.skip_nonfinite or opts.spike_threshold:
-                    mean_loss = fabric.all_reduce(step_loss.detach(), reduce_op="mean")
-                    loss_value, norm_value = float(mean_loss), float(grad_norm)
-                    skip_reason = self._guard(loss_value, norm_value)
-                    if skip_reason is None:
-                        self.loss_ema = loss_value if self.loss_ema is None else 0.98 * self.loss_ema + 0.02 * loss_value
-                if skip_reason is None:
-                    optimizer.step()
-                    loss_sum += step_loss
+                result = self.train_step(batches, lr)
+                newly_skipped = []
+                if result.skipped is not None:
+                    loss_sum += torch.where(result.skipped > 0, 0.0, result.loss)
+                    loss_steps += 1 - result.skipped
+                    skipped_at[self.step % opts.log_step] = result.skipped * (self.step + 1)
+                elif result.skip_reason is None:
+                    loss_sum += result.loss
                     loss_steps += 1
                 else:
-                    self.skips.append(self.step)
-                    fabric.print(f"step {self.step}: skipped, {skip_reason}")
-                optimizer.zero_grad(set_to_none=True)
+                    newly_skipped.append(self.step)
+                    fabric.print(f"step {self.step}: skipped, {result.skip_reason}")
                 self.step += 1
                 self.tokens += tokens_per_step
+                log_now = self.step % opts.log_step == 0 or self.step == plan.max_steps
+                if skipped_at is not None and log_now:
+                    newly_skipped = [int(s) - 1 for s in skipped_at[skipped_at > 0].sort().values.tolist()]
+                    skipped_at.zero_()
+                    if newly_skipped:
+                        fabric.print(f"step(s) {', '.join(map(str, newly_skipped))}: skipped in the optimizer "
+                                     f"(non-finite gradient norm)")
+                self.skips.extend(newly_skipped)
                 while self.skips and self.skips[0] <= self.step - 100:
                     self.skips.popleft()
                 if profiler is not None:
                     profiler.step()
-                if skip_reason is not None and len(self.skips) > opts.max_skips:
+                if newly_skipped and len(self.skips) > opts.max_skips:
                     self.save("too many skipped steps")
                     raise TrainingStopped(f"{len(self.skips)} of the last 100 steps were skipped (limit --max_skips "
                                           f"{opts.max_skips}); stopped with a checkpoint at step {self.step}. Lower the "
                                           f"learning rate or inspect the data, then --resume auto")
                 row: dict[str, Any] = {}
-                if self.step % opts.log_step == 0 or self.step == plan.max_steps:
-                    mean = fabric.all_reduce(loss_sum / max(loss_steps, 1), reduce_op="mean").item()
-                    mean = mean if loss_steps else float("nan")  # every step of the window was skipped
+                if log_now:
+                    mean = fabric.all_reduce(loss_sum / loss_steps.clamp(min=1), reduce_op="mean").item()
+                    mean = mean if loss_steps.item() > 0 else float("nan")  # every step of the window was skipped
                     loss_sum.zero_()
-                    loss_steps = 0
+                    loss_steps.zero_()
                     rate, mfu = throughput.measure(self.tokens)
                     mem = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
                     elapsed = time.perf_counter() - start_time

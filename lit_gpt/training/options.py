@@ -73,6 +73,8 @@ class RunOptions:
     strategy: str = "auto"  # auto | single | ddp | fsdp
     fsdp_sharding: str = "auto"  # auto | full | grad_op | hybrid | none
     fsdp_save_mem: bool = False  # activation checkpointing + CPU offload
+    fsdp_forward_prefetch: bool = False  # FSDP issues the next unit's all-gather before this unit's forward
+    fsdp_limit_all_gathers: bool = True  # FSDP's rate limiter: at most two all-gathers in flight (bounds memory)
     activation_checkpointing: bool = False
     precision: Optional[str] = None  # default: bf16-mixed on GPU, 32-true on CPU
     compile: Optional[bool] = None  # default: on for CUDA
@@ -80,6 +82,10 @@ class RunOptions:
     profile: int = 0  # steps to record with the torch profiler (0 = off)
     # training guards
     skip_nonfinite: bool = True
+    # where clipping and the skip guard run: "device" = inside the fused AdamW step (no host synchronization per
+    # step; skipped steps are reported, and --max_skips checked, at log steps); "host" = one sync per step (needed
+    # by --spike_threshold); "auto" = device on CUDA unless --spike_threshold, else host
+    guard: str = "auto"
     spike_threshold: Optional[float] = None  # skip a step whose loss exceeds threshold x moving average
     max_skips: int = 20  # within the last 100 steps, then stop with a checkpoint
     dry_run: bool = False
@@ -126,6 +132,11 @@ class RunOptions:
             raise OptionsError(f"--strategy {self.strategy!r} must be auto, single, ddp or fsdp")
         if self.fsdp_sharding not in ("auto", "full", "grad_op", "hybrid", "none"):
             raise OptionsError(f"--fsdp_sharding {self.fsdp_sharding!r} must be auto, full, grad_op, hybrid or none")
+        if self.guard not in ("auto", "host", "device"):
+            raise OptionsError(f"--guard {self.guard!r} must be auto, host or device")
+        if self.guard == "device" and self.spike_threshold:
+            raise OptionsError("--spike_threshold compares each step's loss on the host: use --guard host (or auto), "
+                               "or drop --spike_threshold")
         if isinstance(self.resume, str) and self.resume.lower() in ("false", "none", ""):
             self.resume = False
         if isinstance(self.resume, str) and self.resume.lower() == "true":

@@ -75,7 +75,8 @@ def build_fabric(opts: RunOptions, system: System, loggers=None):
         strategy = FSDPStrategy(
             auto_wrap_policy={Block}, sharding_strategy=fsdp_sharding(opts, system.nodes),
             activation_checkpointing_policy={Block} if (opts.fsdp_save_mem or opts.activation_checkpointing) else None,
-            cpu_offload=opts.fsdp_save_mem, state_dict_type="full", use_orig_params=True, limit_all_gathers=True)
+            cpu_offload=opts.fsdp_save_mem, state_dict_type="full", use_orig_params=True,
+            limit_all_gathers=opts.fsdp_limit_all_gathers, forward_prefetch=opts.fsdp_forward_prefetch)
     elif system.strategy == "ddp":
         strategy = DDPStrategy(process_group_backend="nccl" if system.accelerator == "cuda" else "gloo")
     else:

@@ -49,7 +49,7 @@ def main(out_path: str) -> None:
                       out_dir=os.path.join(os.path.dirname(out_path), f"run_w{world}"), num_workers=0,
                       vocab_size=VOCAB, base_hps=BaseHyperparameters(d0=2, eta0=0.01, b0=256, warmup_tokens0=256),
                       strategy=os.environ.get("EQ_STRATEGY", "ddp") if world > 1 else "auto", compile=False,
-                      precision=os.environ.get("EQ_PRECISION"))
+                      precision=os.environ.get("EQ_PRECISION"), guard=os.environ.get("EQ_GUARD", "auto"))
     trainer = Trainer(opts)
     trainer.setup(meta={"vocab_size": VOCAB, "eos_id": 0})
     trainer.build()
@@ -57,10 +57,8 @@ def main(out_path: str) -> None:
     batches = iter(trainer.train_loader)
     losses = []
     for step in range(STEPS):
-        loss, _ = trainer.forward_backward(batches, trainer.plan.lr_at(step))
-        trainer.optimizer.step()
-        trainer.optimizer.zero_grad(set_to_none=True)
-        losses.append(trainer.fabric.all_reduce(loss, reduce_op="mean").item())
+        result = trainer.train_step(batches, trainer.plan.lr_at(step))
+        losses.append(trainer.fabric.all_reduce(result.loss, reduce_op="mean").item())
     if trainer.fabric.global_rank == 0:
         with open(out_path, "w") as f:
             json.dump({"world": world, "grad_accum": trainer.plan.grad_accum_steps, "losses": losses}, f)
