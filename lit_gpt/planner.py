@@ -273,7 +273,9 @@ def memory_estimate(config: Config, micro_batch: int, seq_len: int, assumptions:
     optimizer_step = terms["weights"] + terms["optimizer"] + (P * gb / shard) + terms.get("ddp_buckets", 0)
     peak = max(resident + terms["activations"] + transient, optimizer_step)
     biggest = max(blocks, default=0)
-    ac_acts = (len(plan) + 1) * n * config.n_embd * r + head["saved"] + biggest  # block inputs + one recomputed
+    # the Blocks' inputs (kept by the checkpoints) and the final norm's, the head's saved tensors, and the Block being
+    # recomputed, whose own saved set already holds its input (the checkpoint's tensor, counted once)
+    ac_acts = (len(plan) + 1) * n * config.n_embd * r + head["saved"] + biggest - n * config.n_embd * r
     # a checkpointed Block keeps no autocast weight copies between its forward and its backward: only the Block
     # being recomputed holds its own (plus whatever non-Block matmul copies the unsharded path keeps)
     resident_ac = resident

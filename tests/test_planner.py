@@ -259,8 +259,8 @@ def test_compiled_block_activations_match_partitioner(arch, depth, ar):
 @pytest.mark.parametrize("depth,ar", [(4, 32), (2, 64)])
 def test_checkpointed_estimate_bounds_measured_cpu_peak(depth, ar):
     """Per-Block activation checkpointing under bf16 autocast: the estimate is an upper bound of the measured peak
-    (it still overestimates by 14-23% here, 14-16% on the H100 at 128K; docs/mup.md), and it no longer counts the
-    autocast weight copies of every checkpointed Block."""
+    (it still overestimates by 12-21% here, 12-13% on the H100 at 128K; docs/mup.md), and it no longer counts the
+    autocast weight copies of every checkpointed Block, nor the recomputed Block's input twice."""
     torch = pytest.importorskip("torch")
     from lit_gpt.model import GPT
     from lit_gpt.planner import measure_peak_tensor_bytes
@@ -289,7 +289,8 @@ def test_checkpointed_estimate_bounds_measured_cpu_peak(depth, ar):
     total = sum(t.numel() * t.element_size() for t in resident) + measure_peak_tensor_bytes(step, resident)["peak"]
     est = memory_estimate(cfg, mbs, T, Assumptions(accelerator="cpu", precision="bf16-mixed", compiled=False,
                                                    activation_checkpointing=True))
-    assert total <= est["total_with_checkpointing"] <= 1.25 * total, (est["total_with_checkpointing"], total)
+    print(f"\nAC estimate / measured: {est['total_with_checkpointing'] / total:.3f}")
+    assert total <= est["total_with_checkpointing"] <= 1.22 * total, (est["total_with_checkpointing"], total)
     from lit_gpt.planner import _block_params
 
     per_block = [_block_params(cfg, spec)[0] for spec in cfg.layer_plan()]
