@@ -3,9 +3,10 @@
 #   EQ       (1) exact equivalence of the optimizer steps with 1 GPU on a fixed global batch stream (fp32);
 #   SCALING  (1) Transformer++ d16 tokens/s per GPU at the same global batch: 1 GPU, then torchrun NPROC GPUs for
 #                each variant in FSDP_VARIANTS (default "full"): a sharding (full, grad_op, hybrid), optionally
-#                "+prefetch" (--fsdp_forward_prefetch true --fsdp_limit_all_gathers false) and/or "+host_guard"
-#                (--guard host); PROFILE=N also traces N steps of each multi-GPU run and prints where rank 0's time
-#                went (benchmarks/profile_breakdown.py: exposed collectives, idle);
+#                "+prefetch" (--fsdp_forward_prefetch true --fsdp_limit_all_gathers false), "+host_guard"
+#                (--guard host), "+v2" (--fsdp_version 2: fully_shard); G1=0 skips the 1-GPU run; PROFILE=N
+#                also traces N steps of each multi-GPU run and prints where rank 0's time went
+#                (benchmarks/profile_breakdown.py: exposed collectives, idle);
 #   SAVE_MEM (0) MODELS (default "transformer sambay") at d16 and SAVE_MEM_CTX (default 131072) tokens with
 #                --fsdp_save_mem (per-Block activation checkpointing + CPU offload of parameters) on NPROC GPUs,
 #                on a local corpus (the built-in one written three times) long enough for rows of that length.
@@ -25,18 +26,22 @@ if [ "${SCALING:-1}" = 1 ]; then
   STEPS=${STEPS:-64}
   ARGS="--train_model transformer --depth 16 --train_name fsdp_mup --ctx_len 4096 --micro_bsz 2 --total_bsz $(( 8192 * NPROC )) \
    --max_steps $STEPS --log_step ${LOG_STEP:-16} --eval_step 100000 --save_step 100000 --val_multiple 1 --eval_iters 1 --num_workers 2"
-  CUDA_VISIBLE_DEVICES=0 timeout 240 python3 pretrain.py $ARGS ${G1_EXTRA:-} --out_dir runs/g1 > "$OUT/g1.log" 2>&1
-  echo "== 1 GPU rc=$?"; grep -E "^step [0-9]+/" "$OUT/g1.log" | tail -n 4
-  cp runs/g1/metrics.csv "$OUT/g1_metrics.csv" 2>/dev/null
+  if [ "${G1:-1}" = 1 ]; then
+    CUDA_VISIBLE_DEVICES=0 timeout 240 python3 pretrain.py $ARGS ${G1_EXTRA:-} --out_dir runs/g1 > "$OUT/g1.log" 2>&1
+    echo "== 1 GPU rc=$?"; grep -E "^step [0-9]+/" "$OUT/g1.log" | tail -n 4
+    cp runs/g1/metrics.csv "$OUT/g1_metrics.csv" 2>/dev/null
+  fi
   for VARIANT in ${FSDP_VARIANTS:-full}; do
     EXTRA="--fsdp_sharding ${VARIANT%%+*}"
     case "$VARIANT" in *+prefetch*) EXTRA="$EXTRA --fsdp_forward_prefetch true --fsdp_limit_all_gathers false";; esac
     case "$VARIANT" in *+host_guard*) EXTRA="$EXTRA --guard host";; esac
+    case "$VARIANT" in *+v2*) EXTRA="$EXTRA --fsdp_version 2";; esac
     [ "${PROFILE:-0}" -gt 0 ] && EXTRA="$EXTRA --profile $PROFILE"
     NAME="g${NPROC}_${VARIANT//+/_}"
-    timeout 240 torchrun --nproc_per_node=$NPROC pretrain.py $ARGS --strategy fsdp $EXTRA --out_dir runs/$NAME \
+    timeout ${RUN_TIMEOUT:-240} torchrun --nproc_per_node=$NPROC pretrain.py $ARGS --strategy fsdp $EXTRA --out_dir runs/$NAME \
       > "$OUT/$NAME.log" 2>&1
-    echo "== $NPROC GPUs FSDP $VARIANT rc=$?"; grep -E "^step [0-9]+/" "$OUT/$NAME.log" | tail -n 4
+    RC=$?; echo "== $NPROC GPUs FSDP $VARIANT rc=$RC"; grep -E "^step [0-9]+/" "$OUT/$NAME.log" | tail -n 4
+    [ $RC != 0 ] && grep -v Warning "$OUT/$NAME.log" | tail -n 25
     cp runs/$NAME/metrics.csv "$OUT/${NAME}_metrics.csv" 2>/dev/null
     if [ "${PROFILE:-0}" -gt 0 ]; then
       TRACE=$(ls runs/$NAME/profile/*.json* 2>/dev/null | head -n 1)

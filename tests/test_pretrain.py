@@ -89,12 +89,17 @@ def test_load_dir_starts_new_run_from_weights(builtin_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_gloo_matches_single_process(tmp_path):
+@pytest.mark.parametrize("launch", [
+    {},  # DDP, guard on the host
+    # FSDP2 on CPU (gloo), the guard in the fused AdamW: clipping needs the norm summed over the two shards
+    {"EQ_STRATEGY": "fsdp", "EQ_FSDP_VERSION": "2", "EQ_GUARD": "device"},
+], ids=["ddp", "fsdp2_device_guard"])
+def test_torchrun_gloo_matches_single_process(tmp_path, launch):
     script = ROOT / "tests" / "helpers" / "ddp_equivalence.py"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run([sys.executable, str(script), str(tmp_path / "w1.json")], check=True, env=env, timeout=300)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29623",
-                    str(script), str(tmp_path / "w2.json")], check=True, env=env, timeout=300)
+                    str(script), str(tmp_path / "w2.json")], check=True, env=dict(env, **launch), timeout=300)
     one = json.loads((tmp_path / "w1.json").read_text())
     two = json.loads((tmp_path / "w2.json").read_text())
     assert one["grad_accum"] == 2 * two["grad_accum"] or two["grad_accum"] == one["grad_accum"]
@@ -102,6 +107,9 @@ def test_torchrun_gloo_matches_single_process(tmp_path):
     assert max(one["losses"]) - min(one["losses"]) > 1e-3
     for a, b in zip(one["losses"], two["losses"]):
         assert a == pytest.approx(b, abs=1e-5)
+    assert max(one["grad_norms"]) > one["grad_clip"]  # clipping is exercised, so a wrong global norm would show
+    for a, b in zip(one["grad_norms"], two["grad_norms"]):
+        assert a == pytest.approx(b, rel=1e-4)
 
 
 @pytest.mark.slow

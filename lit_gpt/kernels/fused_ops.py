@@ -164,7 +164,9 @@ def clip_and_guard_(optimizer: torch.optim.Optimizer, parameters: Iterable[torch
     opt = _base_optimizer(optimizer)
     if not supports_fused_guard(opt):
         raise ValueError("clip_and_guard_ needs torch.optim.Adam/AdamW with fused=True in every param group")
-    grads = [p.grad for p in parameters if p.grad is not None and p.grad.numel()]
+    # DTensor gradients (FSDP2) contribute their local shard; sum_over_shards adds the other ranks'
+    grads = [getattr(p.grad, "_local_tensor", p.grad) for p in parameters if p.grad is not None]
+    grads = [g for g in grads if g.numel()]
     if sum_over_shards is not None:
         device = grads[0].device if grads else _optimizer_device(opt)
         local = (torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True).float() ** 2 if grads

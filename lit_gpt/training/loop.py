@@ -433,7 +433,9 @@ class Trainer:
         result = self.forward_backward(batches, lr)
         if result.skipped is None and (opts.skip_nonfinite or opts.spike_threshold):
             mean_loss = fabric.all_reduce(result.loss, reduce_op="mean")
-            loss_value, norm_value = float(mean_loss), float(result.grad_norm)
+            norm = result.grad_norm
+            norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # a DTensor under FSDP2
+            loss_value, norm_value = float(mean_loss), float(norm)
             result.skip_reason = self._guard(loss_value, norm_value)
             if result.skip_reason is None:
                 self.loss_ema = loss_value if self.loss_ema is None else 0.98 * self.loss_ema + 0.02 * loss_value

@@ -73,8 +73,9 @@ class RunOptions:
     strategy: str = "auto"  # auto | single | ddp | fsdp
     fsdp_sharding: str = "auto"  # auto | full | grad_op | hybrid | none
     fsdp_save_mem: bool = False  # activation checkpointing + CPU offload
-    fsdp_forward_prefetch: bool = False  # FSDP issues the next unit's all-gather before this unit's forward
-    fsdp_limit_all_gathers: bool = True  # FSDP's rate limiter: at most two all-gathers in flight (bounds memory)
+    fsdp_version: int = 1  # 1: FSDP (flat parameters, Lightning's FSDPStrategy); 2: fully_shard (per-parameter DTensor shards)
+    fsdp_forward_prefetch: bool = False  # FSDP1 issues the next unit's all-gather before this unit's forward
+    fsdp_limit_all_gathers: bool = True  # FSDP1's rate limiter: at most two all-gathers in flight (bounds memory)
     activation_checkpointing: bool = False
     precision: Optional[str] = None  # default: bf16-mixed on GPU, 32-true on CPU
     compile: Optional[bool] = None  # default: on for CUDA
@@ -132,6 +133,10 @@ class RunOptions:
             raise OptionsError(f"--strategy {self.strategy!r} must be auto, single, ddp or fsdp")
         if self.fsdp_sharding not in ("auto", "full", "grad_op", "hybrid", "none"):
             raise OptionsError(f"--fsdp_sharding {self.fsdp_sharding!r} must be auto, full, grad_op, hybrid or none")
+        if self.fsdp_version not in (1, 2):
+            raise OptionsError(f"--fsdp_version {self.fsdp_version!r} must be 1 or 2")
+        if self.fsdp_version == 2 and self.fsdp_sharding == "none":
+            raise OptionsError("--fsdp_sharding none with --fsdp_version 2 shards nothing: use --strategy ddp")
         if self.guard not in ("auto", "host", "device"):
             raise OptionsError(f"--guard {self.guard!r} must be auto, host or device")
         if self.guard == "device" and self.spike_threshold:

@@ -52,8 +52,9 @@ def resolve_system(opts: RunOptions) -> System:
         strategy = "single" if total == 1 else ("fsdp" if accelerator == "cuda" else "ddp")
     if strategy == "single" and total > 1:
         raise OptionsError(f"--strategy single needs one process, but {total} were asked for; use ddp or fsdp")
-    if strategy == "fsdp" and accelerator != "cuda":
-        raise OptionsError("--strategy fsdp needs CUDA devices; use --strategy ddp on CPU")
+    if strategy == "fsdp" and accelerator != "cuda" and opts.fsdp_version == 1:
+        raise OptionsError("--strategy fsdp needs CUDA devices with --fsdp_version 1; use --fsdp_version 2 (runs on "
+                           "CPU too) or --strategy ddp")
     precision = opts.precision or ("bf16-mixed" if accelerator == "cuda" else "32-true")
     compile_ = accelerator == "cuda" if opts.compile is None else opts.compile
     return System(accelerator, devices, nodes, strategy, precision, compile_)
@@ -71,7 +72,14 @@ def build_fabric(opts: RunOptions, system: System, loggers=None):
     import lightning as L
     from lightning.fabric.strategies import DDPStrategy, FSDPStrategy
 
-    if system.strategy == "fsdp":
+    if system.strategy == "fsdp" and opts.fsdp_version == 2:
+        from lightning.fabric.strategies import ModelParallelStrategy
+
+        strategy = ModelParallelStrategy(
+            parallelize_fn=fully_shard_blocks(opts, system), data_parallel_size=system.devices * system.nodes,
+            tensor_parallel_size=1, save_distributed_checkpoint=False,
+            process_group_backend="nccl" if system.accelerator == "cuda" else "gloo")
+    elif system.strategy == "fsdp":
         strategy = FSDPStrategy(
             auto_wrap_policy={Block}, sharding_strategy=fsdp_sharding(opts, system.nodes),
             activation_checkpointing_policy={Block} if (opts.fsdp_save_mem or opts.activation_checkpointing) else None,
@@ -83,6 +91,37 @@ def build_fabric(opts: RunOptions, system: System, loggers=None):
         strategy = "auto"
     return L.Fabric(accelerator=system.accelerator, devices=system.devices, num_nodes=system.nodes,
                     strategy=strategy, precision=system.precision, loggers=loggers)
+
+
+def fully_shard_blocks(opts: RunOptions, system: System):
+    """FSDP2: each Block (or its checkpoint wrapper) and then the root become ``fully_shard`` units.
+
+    Parameters are gathered in the autocast dtype and gradients reduced in it (what Lightning's FSDP1 bf16-mixed
+    policy does, so the two versions compute the same thing); grad_op keeps a Block's parameters gathered from its
+    forward to its backward; hybrid shards within a node and replicates across nodes; --fsdp_save_mem offloads
+    parameters, gradients and optimizer states to the CPU.
+    """
+
+    def parallelize(model: nn.Module, device_mesh) -> nn.Module:
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+        sharding = fsdp_sharding(opts, system.nodes)
+        if sharding == "HYBRID_SHARD":
+            from torch.distributed.device_mesh import init_device_mesh
+
+            mesh = init_device_mesh(device_mesh.device_type, (system.nodes, system.devices),
+                                    mesh_dim_names=("replicate", "shard"))
+        else:
+            mesh = device_mesh["data_parallel"]
+        dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(system.precision)
+        unit = dict(mesh=mesh, mp_policy=MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=dtype),
+                    offload_policy=CPUOffloadPolicy() if opts.fsdp_save_mem else OffloadPolicy())
+        for layer in model.transformer.h:
+            fully_shard(layer, reshard_after_forward=sharding != "SHARD_GRAD_OP", **unit)
+        fully_shard(model, reshard_after_forward=False, **unit)  # embedding and head: used first and last
+        return model
+
+    return parallelize
 
 
 def apply_activation_checkpointing(model: nn.Module) -> None:
@@ -110,7 +149,8 @@ def compile_blocks(model: nn.Module) -> None:
 def parallelize(model: nn.Module, fabric, opts: RunOptions, system: System) -> nn.Module:
     if system.compile:
         compile_blocks(model)
-    if system.strategy != "fsdp" and (opts.activation_checkpointing or opts.fsdp_save_mem):
+    fsdp1 = system.strategy == "fsdp" and opts.fsdp_version == 1  # FSDP1 applies checkpointing itself
+    if not fsdp1 and (opts.activation_checkpointing or opts.fsdp_save_mem):
         apply_activation_checkpointing(model)
     return fabric.setup_module(model)
 

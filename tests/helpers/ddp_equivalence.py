@@ -49,19 +49,23 @@ def main(out_path: str) -> None:
                       out_dir=os.path.join(os.path.dirname(out_path), f"run_w{world}"), num_workers=0,
                       vocab_size=VOCAB, base_hps=BaseHyperparameters(d0=2, eta0=0.01, b0=256, warmup_tokens0=256),
                       strategy=os.environ.get("EQ_STRATEGY", "ddp") if world > 1 else "auto", compile=False,
-                      precision=os.environ.get("EQ_PRECISION"), guard=os.environ.get("EQ_GUARD", "auto"))
+                      precision=os.environ.get("EQ_PRECISION"), guard=os.environ.get("EQ_GUARD", "auto"),
+                      fsdp_version=int(os.environ.get("EQ_FSDP_VERSION", "1")))
     trainer = Trainer(opts)
     trainer.setup(meta={"vocab_size": VOCAB, "eos_id": 0})
     trainer.build()
     trainer.train_loader = GlobalBatchSlices(trainer.fabric.global_rank, world, micro)
     batches = iter(trainer.train_loader)
-    losses = []
+    losses, norms = [], []
     for step in range(STEPS):
         result = trainer.train_step(batches, trainer.plan.lr_at(step))
         losses.append(trainer.fabric.all_reduce(result.loss, reduce_op="mean").item())
+        norm = result.grad_norm
+        norms.append(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))
     if trainer.fabric.global_rank == 0:
         with open(out_path, "w") as f:
-            json.dump({"world": world, "grad_accum": trainer.plan.grad_accum_steps, "losses": losses}, f)
+            json.dump({"world": world, "grad_accum": trainer.plan.grad_accum_steps, "losses": losses, "grad_norms": norms,
+                       "grad_clip": trainer.plan.grad_clip}, f)
 
 
 if __name__ == "__main__":
