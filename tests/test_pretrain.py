@@ -247,3 +247,17 @@ def test_activation_checkpointing_same_losses(builtin_data, tmp_path):
     ac = [float(r["train_loss"]) for r in read_metrics(tmp_path / "ac")]
     assert ac == pytest.approx(plain, abs=1e-6)
     assert set(final_weights(tmp_path / "ac")) == set(final_weights(tmp_path / "plain"))  # wrapper names stripped
+
+
+def test_fsdp_options_reach_the_strategy():
+    """The FSDP CLI knobs end up in what Lightning / torch receive (FSDP1 needs CUDA to run, not to be built)."""
+    from lit_gpt.training.parallel import System, fsdp1_strategy, fsdp_sharding
+
+    opts = parse_options(["--train_model", "transformer", "--depth", "2", "--train_name", "x", "--strategy", "fsdp",
+                          "--fsdp_sharding", "grad_op", "--fsdp_forward_prefetch", "true",
+                          "--fsdp_limit_all_gathers", "false", "--fsdp_save_mem", "true"])
+    strategy = fsdp1_strategy(opts, System("cuda", 2, 1, "fsdp", "bf16-mixed", True))
+    assert strategy.sharding_strategy.name == "SHARD_GRAD_OP" and strategy.cpu_offload.offload_params
+    assert strategy._fsdp_kwargs["forward_prefetch"] is True and strategy._fsdp_kwargs["limit_all_gathers"] is False
+    assert fsdp_sharding(parse_options(["--train_model", "transformer", "--depth", "2", "--train_name", "x"]), 2) \
+        == "HYBRID_SHARD"

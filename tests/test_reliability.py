@@ -381,8 +381,12 @@ def test_bad_input_gives_one_line_error_and_keeps_checkpoints(case, builtin_data
         assert tree_digest(out / "checkpoints") == protected
 
 
-@pytest.mark.parametrize("extra, message", [(["--guard", "gpu"], "--guard 'gpu' must be auto, host or device"),
-                                            (["--guard", "device", "--spike_threshold", "3"], "use --guard host")])
-def test_bad_guard_options_give_one_line_error(extra, message, capsys):
+@pytest.mark.parametrize("extra, message", [
+    (["--guard", "gpu"], "--guard 'gpu' must be auto, host or device"),
+    (["--guard", "device", "--spike_threshold", "3"], "use --guard host"),
+    (["--fsdp_version", "3"], "--fsdp_version 3 must be 1 or 2"),
+    (["--fsdp_version", "2", "--fsdp_sharding", "none"], "use --strategy ddp"),
+])
+def test_bad_guard_and_fsdp_options_give_one_line_error(extra, message, capsys):
     line = one_error_line(capsys, main(TINY + ["--dry_run"] + extra))
     assert message in line, line

@@ -70,7 +70,7 @@ def fsdp_sharding(opts: RunOptions, nodes: int) -> str:
 
 def build_fabric(opts: RunOptions, system: System, loggers=None):
     import lightning as L
-    from lightning.fabric.strategies import DDPStrategy, FSDPStrategy
+    from lightning.fabric.strategies import DDPStrategy
 
     if system.strategy == "fsdp" and opts.fsdp_version == 2:
         from lightning.fabric.strategies import ModelParallelStrategy
@@ -80,17 +80,24 @@ def build_fabric(opts: RunOptions, system: System, loggers=None):
             tensor_parallel_size=1, save_distributed_checkpoint=False,
             process_group_backend="nccl" if system.accelerator == "cuda" else "gloo")
     elif system.strategy == "fsdp":
-        strategy = FSDPStrategy(
-            auto_wrap_policy={Block}, sharding_strategy=fsdp_sharding(opts, system.nodes),
-            activation_checkpointing_policy={Block} if (opts.fsdp_save_mem or opts.activation_checkpointing) else None,
-            cpu_offload=opts.fsdp_save_mem, state_dict_type="full", use_orig_params=True,
-            limit_all_gathers=opts.fsdp_limit_all_gathers, forward_prefetch=opts.fsdp_forward_prefetch)
+        strategy = fsdp1_strategy(opts, system)
     elif system.strategy == "ddp":
         strategy = DDPStrategy(process_group_backend="nccl" if system.accelerator == "cuda" else "gloo")
     else:
         strategy = "auto"
     return L.Fabric(accelerator=system.accelerator, devices=system.devices, num_nodes=system.nodes,
                     strategy=strategy, precision=system.precision, loggers=loggers)
+
+
+def fsdp1_strategy(opts: RunOptions, system: System):
+    """Lightning's FSDPStrategy (FSDP1): one flat-parameter unit per Block, the root holding the rest."""
+    from lightning.fabric.strategies import FSDPStrategy
+
+    return FSDPStrategy(
+        auto_wrap_policy={Block}, sharding_strategy=fsdp_sharding(opts, system.nodes),
+        activation_checkpointing_policy={Block} if (opts.fsdp_save_mem or opts.activation_checkpointing) else None,
+        cpu_offload=opts.fsdp_save_mem, state_dict_type="full", use_orig_params=True,
+        limit_all_gathers=opts.fsdp_limit_all_gathers, forward_prefetch=opts.fsdp_forward_prefetch)
 
 
 def fully_shard_blocks(opts: RunOptions, system: System):
