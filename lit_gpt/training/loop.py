@@ -98,6 +98,7 @@ class Trainer:
         self.opts = opts.resolve()
         self.stop_requested = False
         self.skips: deque[int] = deque()
+        self._skipped_at: Optional[torch.Tensor] = None  # --guard device: skip flags not yet read on the host
         self.loss_ema: Optional[float] = None
         self.step = 0
         self.tokens = 0
@@ -222,9 +223,22 @@ class Trainer:
         torch.distributed.all_gather_object(gathered, state)
         return gathered
 
+    def _drain_device_skips(self) -> list[int]:
+        """The steps the fused optimizer skipped since the last call (--guard device; one host read)."""
+        flags = self._skipped_at
+        if flags is None:
+            return []
+        steps = [int(s) - 1 for s in flags[flags > 0].sort().values.tolist()]
+        flags.zero_()
+        if steps:
+            self.fabric.print(f"step(s) {', '.join(map(str, steps))}: skipped in the optimizer (non-finite gradient "
+                              f"norm)")
+        return steps
+
     def save(self, reason: str = "periodic") -> None:
         from lit_gpt.training.checkpoint import CheckpointError, options_hash, save_checkpoint
 
+        self.skips.extend(self._drain_device_skips())  # a checkpoint between log steps still records every skip
         model_sd, optim_sd, loaders = self.model_state(), self.optimizer_state(), self.loader_states()
         if self.fabric.global_rank == 0:
             state = {"model": model_sd, "optimizer": optim_sd, "step": self.step, "tokens": self.tokens,
@@ -462,7 +476,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=device)
         loss_steps = torch.zeros((), device=device)
         # device guard: step s writes s + 1 at s % log_step when the optimizer skipped it; read at log steps
-        skipped_at = torch.zeros(opts.log_step, device=device) if self.guard_on_device else None
+        self._skipped_at = torch.zeros(opts.log_step, device=device) if self.guard_on_device else None
         profiler = self._profiler()
         status = "finished"
         try:
@@ -473,7 +487,7 @@ class Trainer:
                 if result.skipped is not None:
                     loss_sum += torch.where(result.skipped > 0, 0.0, result.loss)
                     loss_steps += 1 - result.skipped
-                    skipped_at[self.step % opts.log_step] = result.skipped * (self.step + 1)
+                    self._skipped_at[self.step % opts.log_step] = result.skipped * (self.step + 1)
                 elif result.skip_reason is None:
                     loss_sum += result.loss
                     loss_steps += 1
@@ -483,12 +497,8 @@ class Trainer:
                 self.step += 1
                 self.tokens += tokens_per_step
                 log_now = self.step % opts.log_step == 0 or self.step == plan.max_steps
-                if skipped_at is not None and log_now:
-                    newly_skipped = [int(s) - 1 for s in skipped_at[skipped_at > 0].sort().values.tolist()]
-                    skipped_at.zero_()
-                    if newly_skipped:
-                        fabric.print(f"step(s) {', '.join(map(str, newly_skipped))}: skipped in the optimizer "
-                                     f"(non-finite gradient norm)")
+                if log_now:
+                    newly_skipped += self._drain_device_skips()
                 self.skips.extend(newly_skipped)
                 while self.skips and self.skips[0] <= self.step - 100:
                     self.skips.popleft()
