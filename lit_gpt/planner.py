@@ -242,7 +242,10 @@ def memory_estimate(config: Config, micro_batch: int, seq_len: int, assumptions:
     shard = 1
     if s.strategy == "fsdp" and s.sharding != "none":
         shard = s.devices if s.sharding == "hybrid" else s.world
-    sharded_weights = s.strategy == "fsdp" and s.sharding in ("full", "hybrid")
+    # every FSDP sharding but "none" keeps the fp32 master weights sharded at rest; grad_op (ZeRO-2) additionally
+    # keeps each unit's gathered compute copy from its forward to its backward, i.e. all of them at the peak
+    sharded_weights = s.strategy == "fsdp" and s.sharding in ("full", "hybrid", "grad_op")
+    gathered_all = s.strategy == "fsdp" and s.sharding == "grad_op"
     terms: dict[str, float] = {}
     terms["weights"] = P * wb / (shard if sharded_weights else 1)
     terms["optimizer"] = P * ob / shard
@@ -256,12 +259,13 @@ def memory_estimate(config: Config, micro_batch: int, seq_len: int, assumptions:
     # the head weight's compute-dtype copy is autocast's (cached, saved) only on the dense path; the chunked,
     # fused and liger losses cast it themselves inside the loss (counted in their transient)
     head_copy = 0 if impl == "dense" else config.padded_vocab_size * config.n_embd
+    # FSDP gathers in the compute dtype (its mixed-precision param_dtype), so those copies are autocast's too
+    gathered = P if gathered_all else root_params + 2 * max(per_block_params, default=0)  # root + two (prefetch)
     if s.precision in ("bf16-mixed", "16-mixed"):  # autocast's bf16 weight copies, saved by each Linear
         # (compiled Blocks save them too: each is an input of a matmul in backward)
-        terms["weight_copies"] = ((counts.matmul - head_copy) * 2 if not sharded_weights
-                                  else (root_params + 2 * max(per_block_params, default=0)) * 2)
-    elif sharded_weights:  # the gathered root unit and up to two blocks (prefetch)
-        terms["weight_copies"] = (root_params + 2 * max(per_block_params, default=0)) * wb
+        terms["weight_copies"] = (counts.matmul - head_copy) * 2 if not sharded_weights else gathered * 2
+    elif sharded_weights:
+        terms["weight_copies"] = gathered * wb
     blocks = [block_activation_bytes(config, spec, n, a, r, compiled=bool(s.compiled)) for spec in plan]
     head = head_bytes(config, n, a, impl, r=r, wb=wb)
     embed_out = n * config.n_embd * r

@@ -99,7 +99,9 @@ def test_state_terms_by_sharding():
     assert full["sharded_over"] == 8 and full["precision"] == "bf16-mixed"
     assert b["weights"] == int(4 * P / 8) and b["optimizer"] == int(8 * P / 8)
     grad_op = memory_estimate(cfg, 2, 64, Assumptions(devices=8, strategy="fsdp", sharding="grad_op"))["bytes"]
-    assert grad_op["weights"] == 4 * P and grad_op["optimizer"] == int(8 * P / 8)
+    # ZeRO-2: fp32 masters sharded at rest, every unit's bf16 copy gathered from its forward to its backward
+    assert grad_op["weights"] == int(4 * P / 8) and grad_op["optimizer"] == int(8 * P / 8)
+    assert grad_op["weight_copies"] == 2 * P and b["weight_copies"] < 2 * P
     hybrid = memory_estimate(cfg, 2, 64, Assumptions(devices=4, nodes=2, strategy="fsdp"))
     assert hybrid["sharding"] == "hybrid" and hybrid["sharded_over"] == 4
     ddp = memory_estimate(cfg, 2, 64, Assumptions(devices=2, strategy="ddp"))["bytes"]
