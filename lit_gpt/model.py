@@ -106,6 +106,10 @@ class GPT(nn.Module):
             rope = rope_cache(cfg.head_size, torch.arange(offset, offset + T, device=idx.device), cfg.rope_base)
         ctx = SeqContext(rope=rope, doc_ids=doc_ids, state=state)
         x = self.transformer.wte(idx)
+        if torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float32:
+            # SPEC: the residual stream stays fp32 under mixed precision, also when FSDP hands the Blocks
+            # compute-dtype (bf16) weights, which would otherwise make the embedding output bf16
+            x = x.float()
         for block in self.transformer.h:
             x = block(x, ctx)
         x = self.transformer.ln_f(x)

@@ -292,3 +292,15 @@ def test_fsdp_options_reach_the_strategy():
     assert strategy._fsdp_kwargs["forward_prefetch"] is True and strategy._fsdp_kwargs["limit_all_gathers"] is False
     assert fsdp_sharding(parse_options(["--train_model", "transformer", "--depth", "2", "--train_name", "x"]), 2) \
         == "HYBRID_SHARD"
+
+
+@pytest.mark.parametrize("strategy, version", [("auto", "1"), ("fsdp", "2")])
+def test_residual_stream_stays_fp32_under_mixed_precision(strategy, version):
+    """SPEC: the residual stream is fp32 under bf16-mixed, also when FSDP gathers bf16 weights (the embedding's
+    output would be bf16) and would cast each unit's inputs to bf16. A subprocess: FSDP2 initializes a process group."""
+    res = subprocess.run([sys.executable, str(ROOT / "tests" / "helpers" / "residual_dtype.py"), strategy, version],
+                         capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("residual dtypes:"))
+    dtypes = line.split(":", 1)[1].split()
+    assert len(dtypes) == 4 and set(dtypes) == {"torch.float32"}, line

@@ -121,7 +121,9 @@ def fully_shard_blocks(opts: RunOptions, system: System):
         else:
             mesh = device_mesh["data_parallel"]
         dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(system.precision)
-        unit = dict(mesh=mesh, mp_policy=MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=dtype),
+        # cast_forward_inputs=False: the residual stream entering each Block stays fp32 (SPEC), only weights are bf16
+        policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=dtype, cast_forward_inputs=False)
+        unit = dict(mesh=mesh, mp_policy=policy,
                     offload_policy=CPUOffloadPolicy() if opts.fsdp_save_mem else OffloadPolicy())
         for layer in model.transformer.h:
             fully_shard(layer, reshard_after_forward=sharding != "SHARD_GRAD_OP", **unit)
