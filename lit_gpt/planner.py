@@ -77,6 +77,7 @@ class Assumptions:
     sharding: str = "auto"  # auto | full | grad_op | hybrid | none
     precision: Optional[str] = None  # default: bf16-mixed on CUDA, 32-true on CPU
     activation_checkpointing: bool = False
+    cpu_offload: bool = False  # FSDP keeps parameters, gradients and AdamW states in host memory (--fsdp_save_mem)
     compiled: Optional[bool] = None  # each Block through torch.compile; default: on CUDA (pretrain's --compile)
     ce_impl: Optional[str] = None  # head cross-entropy path; default: what kernels.cross_entropy.choose_impl picks
     device: str = "h100"
@@ -274,7 +275,14 @@ def memory_estimate(config: Config, micro_batch: int, seq_len: int, assumptions:
     terms["backward_transient"] = backward_transient_bytes(config, n, a)
     transient = max(terms["head_transient"], terms["backward_transient"])
     resident = sum(v for k, v in terms.items() if k not in ("activations", "head_transient", "backward_transient"))
-    optimizer_step = terms["weights"] + terms["optimizer"] + (P * gb / shard) + terms.get("ddp_buckets", 0)
+    offloaded = {}
+    if s.cpu_offload and s.strategy == "fsdp":  # the sharded states live in host memory; AdamW steps there
+        offloaded = {k: terms.pop(k) for k in ("weights", "optimizer", "gradients") if k in terms}
+        offloaded["gradients"] = max(offloaded.get("gradients", 0.0), P * gb / shard)
+        resident = sum(v for k, v in terms.items() if k not in ("activations", "head_transient", "backward_transient"))
+        optimizer_step = 0.0
+    else:
+        optimizer_step = terms["weights"] + terms["optimizer"] + (P * gb / shard) + terms.get("ddp_buckets", 0)
     peak = max(resident + terms["activations"] + transient, optimizer_step)
     biggest = max(blocks, default=0)
     # the Blocks' inputs (kept by the checkpoints) and the final norm's, the head's saved tensors, and the Block being
@@ -292,6 +300,7 @@ def memory_estimate(config: Config, micro_batch: int, seq_len: int, assumptions:
         "per_block_activation_bytes": {spec.describe(): int(b) for spec, b in zip(plan, blocks)},
         "activations_checkpointed": int(ac_acts),
         "total": int(peak), "total_with_checkpointing": int(peak_ac),
+        "host_offload_bytes": {k: int(v) for k, v in offloaded.items()},
         "sharded_over": shard, "precision": s.precision, "strategy": s.strategy, "sharding": s.sharding,
         "compiled": bool(s.compiled), "ce_impl": impl, "tokens_per_micro_step": n, "grad_accum": grad_accum,
     }
@@ -451,6 +460,7 @@ def assumptions_from_options(options: Any, **overrides: Any) -> Assumptions:
     a.precision = getattr(options, "precision", None)
     a.activation_checkpointing = bool(getattr(options, "activation_checkpointing", False)
                                       or getattr(options, "fsdp_save_mem", False))
+    a.cpu_offload = bool(getattr(options, "fsdp_save_mem", False))
     compile_ = getattr(options, "compile", None)
     if compile_ is not None:
         a.compiled = bool(compile_)
@@ -547,6 +557,10 @@ def format_plan_table(report: dict[str, Any]) -> str:
             out.append(f"  {k:<22}{bts[k] / GB:10.2f}")
     out.append(f"  {'total (peak)':<22}{mem['total'] / GB:10.2f}   with activation checkpointing "
                f"{mem['total_with_checkpointing'] / GB:.2f}")
+    if mem.get("host_offload_bytes"):
+        host = mem["host_offload_bytes"]
+        out.append(f"  offloaded to host memory per process: {sum(host.values()) / GB:.2f} GB ("
+                   + ", ".join(f"{k} {v / GB:.2f}" for k, v in host.items()) + ")")
     if "device_memory_gb" in mem:
         out.append(f"  device {mem['device_memory_gb']:g} GB: {'fits' if mem['fits'] else 'does NOT fit'}"
                    f" ({'fits' if mem['fits_with_checkpointing'] else 'does not fit'} with checkpointing)")

@@ -102,6 +102,11 @@ def test_state_terms_by_sharding():
     # ZeRO-2: fp32 masters sharded at rest, every unit's bf16 copy gathered from its forward to its backward
     assert grad_op["weights"] == int(4 * P / 8) and grad_op["optimizer"] == int(8 * P / 8)
     assert grad_op["weight_copies"] == 2 * P and b["weight_copies"] < 2 * P
+    offload = memory_estimate(cfg, 2, 64, Assumptions(devices=8, strategy="fsdp", sharding="full", cpu_offload=True))
+    assert "weights" not in offload["bytes"] and "optimizer" not in offload["bytes"]
+    assert offload["host_offload_bytes"] == {"weights": int(4 * P / 8), "optimizer": int(8 * P / 8),
+                                             "gradients": int(4 * P / 8)}
+    assert offload["total"] == full["total"] - int(4 * P / 8) - int(8 * P / 8)
     hybrid = memory_estimate(cfg, 2, 64, Assumptions(devices=4, nodes=2, strategy="fsdp"))
     assert hybrid["sharding"] == "hybrid" and hybrid["sharded_over"] == 4
     ddp = memory_estimate(cfg, 2, 64, Assumptions(devices=2, strategy="ddp"))["bytes"]
