@@ -475,7 +475,8 @@ class Trainer:
         start_time, start_step = time.perf_counter(), self.step
         loss_sum = torch.zeros((), device=device)
         loss_steps = torch.zeros((), device=device)
-        # device guard: step s writes s + 1 at s % log_step when the optimizer skipped it; read at log steps
+        # device guard: step s writes s + 1 at s % log_step when the optimizer skipped it; read at log steps and
+        # before checkpoints (_drain_device_skips)
         self._skipped_at = torch.zeros(opts.log_step, device=device) if self.guard_on_device else None
         profiler = self._profiler()
         status = "finished"
