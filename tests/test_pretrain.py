@@ -34,6 +34,26 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(find_resume_checkpoint(run_dir, log=None))[0]["model"]
 
 
+def resume_from(full: Path, resumed: Path, step: int) -> None:
+    """An interrupted run: only ``full``'s checkpoint at ``step`` survived in ``resumed``."""
+    name = f"step-{step:08d}"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / name, resumed / "checkpoints" / name)
+
+
+def assert_same_run(full: Path, resumed: Path, steps: range) -> None:
+    """The resumed run logged exactly ``steps`` with the uninterrupted run's losses and ended on its weights."""
+    a = {int(r["step"]): float(r["train_loss"]) for r in read_metrics(full) if r["train_loss"]}
+    b = {int(r["step"]): float(r["train_loss"]) for r in read_metrics(resumed) if r["train_loss"]}
+    assert sorted(b) == list(steps)
+    for step in b:
+        assert b[step] == pytest.approx(a[step], abs=1e-6)
+    wa, wb = final_weights(full), final_weights(resumed)
+    assert set(wa) == set(wb)
+    for name in wa:
+        assert torch.allclose(wa[name], wb[name], atol=1e-6), name
+
+
 def test_training_lowers_loss_and_writes_run_folder(builtin_data, tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(TINY + ["--train_data_dir", builtin_data, "--out_dir", str(out), "--max_steps", "40", "--log_step", "10",
@@ -61,18 +81,9 @@ def test_resume_reproduces_uninterrupted_run(builtin_data, tmp_path):
                      "--save_step", "6"]
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     assert main(common + ["--out_dir", str(full)]) == 0
-    # the interrupted run: only the step-6 checkpoint survived, then --resume auto
-    (resumed / "checkpoints").mkdir(parents=True)
-    shutil.copytree(full / "checkpoints" / "step-00000006", resumed / "checkpoints" / "step-00000006")
+    resume_from(full, resumed, 6)
     assert main(common + ["--out_dir", str(resumed), "--resume", "auto"]) == 0
-    a = {int(r["step"]): float(r["train_loss"]) for r in read_metrics(full) if r["train_loss"]}
-    b = {int(r["step"]): float(r["train_loss"]) for r in read_metrics(resumed) if r["train_loss"]}
-    assert sorted(b) == list(range(7, 13))
-    for step in b:
-        assert b[step] == pytest.approx(a[step], abs=1e-6)
-    wa, wb = final_weights(full), final_weights(resumed)
-    for name in wa:
-        assert torch.allclose(wa[name], wb[name], atol=1e-6), name
+    assert_same_run(full, resumed, range(7, 13))
 
 
 @pytest.mark.slow
@@ -91,19 +102,11 @@ def test_fsdp2_resume_reproduces_uninterrupted_run(builtin_data, tmp_path):
         assert res.returncode == 0, res.stderr[-3000:]
 
     launch(full)
-    (resumed / "checkpoints").mkdir(parents=True)
-    shutil.copytree(full / "checkpoints" / "step-00000004", resumed / "checkpoints" / "step-00000004")
+    resume_from(full, resumed, 4)
     launch(resumed, "--resume", "auto")
     assert json.loads((full / "run.json").read_text())["system"]["strategy"] == "fsdp"
-    a = {int(r["step"]): float(r["train_loss"]) for r in read_metrics(full) if r["train_loss"]}
-    b = {int(r["step"]): float(r["train_loss"]) for r in read_metrics(resumed) if r["train_loss"]}
-    assert sorted(b) == list(range(5, 9))
-    for step in b:
-        assert b[step] == pytest.approx(a[step], abs=1e-6)
-    wa, wb = final_weights(full), final_weights(resumed)
-    assert set(wa) == set(wb) and not any("_fsdp" in name or "_checkpoint" in name for name in wa)
-    for name in wa:
-        assert torch.allclose(wa[name], wb[name], atol=1e-6), name
+    assert_same_run(full, resumed, range(5, 9))
+    assert not any("_fsdp" in name or "_checkpoint" in name for name in final_weights(full))
 
 
 def test_load_dir_starts_new_run_from_weights(builtin_data, tmp_path):
