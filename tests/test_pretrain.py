@@ -307,3 +307,19 @@ def test_residual_stream_stays_fp32_under_mixed_precision(strategy, version):
     line = next(ln for ln in res.stdout.splitlines() if ln.startswith("residual dtypes:"))
     dtypes = line.split(":", 1)[1].split()
     assert len(dtypes) == 4 and set(dtypes) == {"torch.float32"}, line
+
+
+def test_guard_auto_resolution():
+    """auto: on the device on CUDA, except with --spike_threshold (host check) and 16-mixed (GradScaler owns the
+    fused step's skip inputs); the host elsewhere."""
+    from lit_gpt.training.loop import guard_on_device
+    from lit_gpt.training.parallel import System
+
+    base = ["--train_model", "transformer", "--depth", "2", "--train_name", "x"]
+    cuda = System("cuda", 1, 1, "single", "bf16-mixed", True)
+    assert guard_on_device(parse_options(base), cuda)
+    assert not guard_on_device(parse_options(base + ["--spike_threshold", "3"]), cuda)
+    assert not guard_on_device(parse_options(base), System("cuda", 1, 1, "single", "16-mixed", True))
+    assert not guard_on_device(parse_options(base), System("cpu", 1, 1, "single", "32-true", False))
+    assert not guard_on_device(parse_options(base + ["--guard", "host"]), cuda)
+    assert guard_on_device(parse_options(base + ["--guard", "device"]), System("cpu", 1, 1, "single", "32-true", False))

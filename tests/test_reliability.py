@@ -386,6 +386,7 @@ def test_bad_input_gives_one_line_error_and_keeps_checkpoints(case, builtin_data
 @pytest.mark.parametrize("extra, message", [
     (["--guard", "gpu"], "--guard 'gpu' must be auto, host or device"),
     (["--guard", "device", "--spike_threshold", "3"], "use --guard host"),
+    (["--guard", "device", "--precision", "16-mixed"], "use --guard host (or auto), or bf16-mixed"),
     (["--fsdp_version", "3"], "--fsdp_version 3 must be 1 or 2"),
     (["--fsdp_version", "2", "--fsdp_sharding", "none"], "use --strategy ddp"),
 ])

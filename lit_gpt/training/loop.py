@@ -44,6 +44,15 @@ class StepResult:
     skip_reason: Optional[str] = None  # guard on the host: why the step was skipped
 
 
+def guard_on_device(opts: RunOptions, system: System) -> bool:
+    """Whether clipping and the non-finite skip run inside the fused AdamW (see RunOptions.guard). Never under
+    16-mixed: its GradScaler drives the same grad_scale/found_inf inputs of the fused step."""
+    if opts.guard == "device":
+        return True
+    return (opts.guard == "auto" and system.accelerator == "cuda" and not opts.spike_threshold
+            and system.precision != "16-mixed")
+
+
 def clean_name(name: str) -> str:
     for prefix in WRAPPER_PREFIXES:
         name = name.replace(prefix, "")
@@ -134,8 +143,7 @@ class Trainer:
             model = GPT(self.config)
         self.model = parallelize(model, self.fabric, opts, system)
         groups = self._param_groups()
-        self.guard_on_device = opts.guard == "device" or (
-            opts.guard == "auto" and system.accelerator == "cuda" and not opts.spike_threshold)
+        self.guard_on_device = guard_on_device(opts, system)
         # the fused AdamW (CUDA, and CPU since torch 2.4) clips and skips inside its own kernel (--guard device)
         fused = system.accelerator == "cuda" or self.guard_on_device
         optimizer = torch.optim.AdamW(groups, lr=self.plan.lr, betas=self.plan.betas, eps=self.plan.eps, fused=fused)

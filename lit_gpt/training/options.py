@@ -85,7 +85,7 @@ class RunOptions:
     skip_nonfinite: bool = True
     # where clipping and the skip guard run: "device" = inside the fused AdamW step (no host synchronization per
     # step; skipped steps are reported, and --max_skips checked, at log steps); "host" = one sync per step (needed
-    # by --spike_threshold); "auto" = device on CUDA unless --spike_threshold, else host
+    # by --spike_threshold and 16-mixed's GradScaler); "auto" = device on CUDA unless one of those, else host
     guard: str = "auto"
     spike_threshold: Optional[float] = None  # skip a step whose loss exceeds threshold x moving average
     max_skips: int = 20  # within the last 100 steps, then stop with a checkpoint
@@ -139,6 +139,9 @@ class RunOptions:
             raise OptionsError("--fsdp_sharding none with --fsdp_version 2 shards nothing: use --strategy ddp")
         if self.guard not in ("auto", "host", "device"):
             raise OptionsError(f"--guard {self.guard!r} must be auto, host or device")
+        if self.guard == "device" and self.precision == "16-mixed":
+            raise OptionsError("--precision 16-mixed scales gradients with a GradScaler that drives the fused AdamW's "
+                               "skip inputs itself: use --guard host (or auto), or bf16-mixed")
         if self.guard == "device" and self.spike_threshold:
             raise OptionsError("--spike_threshold compares each step's loss on the host: use --guard host (or auto), "
                                "or drop --spike_threshold")
