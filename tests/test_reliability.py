@@ -393,3 +393,15 @@ def test_bad_input_gives_one_line_error_and_keeps_checkpoints(case, builtin_data
 def test_bad_guard_and_fsdp_options_give_one_line_error(extra, message, capsys):
     line = one_error_line(capsys, main(TINY + ["--dry_run"] + extra))
     assert message in line, line
+
+
+def test_device_guard_max_skips_counts_skips_read_at_a_checkpoint(builtin_data, tmp_path, monkeypatch, capsys):
+    """Skips the device guard reads before a checkpoint (save_step 1, log_step 3) still reach --max_skips."""
+    run = tmp_path / "run"
+    corrupt_training_losses(monkeypatch, {0: float("nan"), 1: float("nan")})
+    args = TINY + ["--train_data_dir", builtin_data, "--out_dir", str(run), "--max_steps", "6", "--save_step", "1",
+                   "--log_step", "3", "--max_skips", "1", "--guard", "device"]
+    assert main(args) == 3
+    line = one_error_line(capsys, 3)
+    assert "max_skips" in line, line
+    assert load_state(run, 2)["skipped_steps"] == [0, 1]

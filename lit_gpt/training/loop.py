@@ -108,6 +108,7 @@ class Trainer:
         self.stop_requested = False
         self.skips: deque[int] = deque()
         self._skipped_at: Optional[torch.Tensor] = None  # --guard device: skip flags not yet read on the host
+        self._unchecked_skips = 0  # skips recorded since the loop last compared them with --max_skips
         self.loss_ema: Optional[float] = None
         self.step = 0
         self.tokens = 0
@@ -243,10 +244,14 @@ class Trainer:
                               f"norm)")
         return steps
 
+    def _record_skips(self, steps: list[int]) -> None:
+        self.skips.extend(steps)
+        self._unchecked_skips += len(steps)
+
     def save(self, reason: str = "periodic") -> None:
         from lit_gpt.training.checkpoint import CheckpointError, options_hash, save_checkpoint
 
-        self.skips.extend(self._drain_device_skips())  # a checkpoint between log steps still records every skip
+        self._record_skips(self._drain_device_skips())  # a checkpoint between log steps still records every skip
         model_sd, optim_sd, loaders = self.model_state(), self.optimizer_state(), self.loader_states()
         if self.fabric.global_rank == 0:
             state = {"model": model_sd, "optimizer": optim_sd, "step": self.step, "tokens": self.tokens,
@@ -508,12 +513,14 @@ class Trainer:
                 log_now = self.step % opts.log_step == 0 or self.step == plan.max_steps
                 if log_now:
                     newly_skipped += self._drain_device_skips()
-                self.skips.extend(newly_skipped)
+                self._record_skips(newly_skipped)
                 while self.skips and self.skips[0] <= self.step - 100:
                     self.skips.popleft()
                 if profiler is not None:
                     profiler.step()
-                if newly_skipped and len(self.skips) > opts.max_skips:
+                too_many = self._unchecked_skips and len(self.skips) > opts.max_skips
+                self._unchecked_skips = 0
+                if too_many:
                     self.save("too many skipped steps")
                     raise TrainingStopped(f"{len(self.skips)} of the last 100 steps were skipped (limit --max_skips "
                                           f"{opts.max_skips}); stopped with a checkpoint at step {self.step}. Lower the "
