@@ -274,15 +274,14 @@ def memory_estimate(config: Config, micro_batch: int, seq_len: int, assumptions:
     terms["head_transient"] = head["transient"]
     terms["backward_transient"] = backward_transient_bytes(config, n, a)
     transient = max(terms["head_transient"], terms["backward_transient"])
-    resident = sum(v for k, v in terms.items() if k not in ("activations", "head_transient", "backward_transient"))
     offloaded = {}
     if s.cpu_offload and s.strategy == "fsdp":  # the sharded states live in host memory; AdamW steps there
         offloaded = {k: terms.pop(k) for k in ("weights", "optimizer", "gradients") if k in terms}
         offloaded["gradients"] = max(offloaded.get("gradients", 0.0), P * gb / shard)
-        resident = sum(v for k, v in terms.items() if k not in ("activations", "head_transient", "backward_transient"))
         optimizer_step = 0.0
     else:
         optimizer_step = terms["weights"] + terms["optimizer"] + (P * gb / shard) + terms.get("ddp_buckets", 0)
+    resident = sum(v for k, v in terms.items() if k not in ("activations", "head_transient", "backward_transient"))
     peak = max(resident + terms["activations"] + transient, optimizer_step)
     biggest = max(blocks, default=0)
     # the Blocks' inputs (kept by the checkpoints) and the final norm's, the head's saved tensors, and the Block being

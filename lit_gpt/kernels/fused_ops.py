@@ -167,16 +167,15 @@ def clip_and_guard_(optimizer: torch.optim.Optimizer, parameters: Iterable[torch
     # DTensor gradients (FSDP2) contribute their local shard; sum_over_shards adds the other ranks'
     grads = [getattr(p.grad, "_local_tensor", p.grad) for p in parameters if p.grad is not None]
     grads = [g for g in grads if g.numel()]
-    if sum_over_shards is not None:
-        device = grads[0].device if grads else _optimizer_device(opt)
-        local = (torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True).float() ** 2 if grads
-                 else torch.zeros((), dtype=torch.float32, device=device))
-        norm = sum_over_shards(local).sqrt()
-    elif not grads:
+    if grads:
+        norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True).float()
+    elif sum_over_shards is None:
         zero = torch.zeros((), dtype=torch.float32)
         return zero, zero
-    else:
-        norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True).float()
+    else:  # this rank holds no shard of any gradient, yet takes part in the sum
+        norm = torch.zeros((), dtype=torch.float32, device=_optimizer_device(opt))
+    if sum_over_shards is not None:
+        norm = sum_over_shards(norm**2).sqrt()
     found_inf = (~torch.isfinite(norm)).float()
     opt.found_inf = found_inf if skip_nonfinite else None
     if max_norm is not None and max_norm > 0 and math.isfinite(max_norm):
