@@ -27,7 +27,9 @@ dtype (2 under bf16, 4 under fp32), r = 4 (the residual stream is kept in fp32))
   ops -- and recomputes pointwise chains: per norm the fp32 x·rstd goes (a·w + 4 stay), the mid-block fp32
   residual becomes the out-projection's output (a·w), SwiGLU keeps 3H (silu recomputed), GMU 2·d_inner, Mamba
   drops silu(z), cross-attention its pre-RoPE q. Checked exactly on a compiled CPU Block (tests/test_planner.py).
-  With activation checkpointing only each block's input (n·w·r) is kept, plus one block recomputed in backward.
+  With activation checkpointing only each block's input (n·w·r) is kept, plus one block recomputed in backward;
+  the peak is the larger of the forward/loss phase (L + 1 inputs, the head's saved tensors and transient) and the
+  last Block's backward (L inputs, the arriving gradient, the recomputed Block and its backward transient).
 * head: follows the loss ``kernels.cross_entropy.choose_impl`` will pick (``ce_impl``): fused (CUDA) and chunked
   keep the hidden gradient (n·w·r) and the head weight's gradient (V·w, fp32); fused holds one chunk's logits
   and their gradient in the compute dtype (chunks of ≈2^28 logits) plus the head weight's compute-dtype copy;
@@ -284,16 +286,25 @@ def memory_estimate(config: Config, micro_batch: int, seq_len: int, assumptions:
     resident = sum(v for k, v in terms.items() if k not in ("activations", "head_transient", "backward_transient"))
     peak = max(resident + terms["activations"] + transient, optimizer_step)
     biggest = max(blocks, default=0)
-    # the Blocks' inputs (kept by the checkpoints) and the final norm's, the head's saved tensors, and the Block being
-    # recomputed, whose own saved set already holds its input (the checkpoint's tensor, counted once)
-    ac_acts = (len(plan) + 1) * n * config.n_embd * r + head["saved"] + biggest - n * config.n_embd * r
+    residual = n * config.n_embd * r
+    # Checkpointed, the peak falls in one of two phases. Forward and loss: the L + 1 residual tensors the checkpoints
+    # and the final norm keep, the head's saved tensors and the loss's transient. Backward of the last Block: the
+    # head's saved tensors are spent (only the head weight's gradient remains), its L inputs, the residual gradient
+    # arriving from above, and the Block being recomputed -- whose own saved set already holds its input -- plus its
+    # backward transient. (Counting the head's tensors and the L + 1 inputs in the backward phase overestimated
+    # the 128K GPU peaks by 2.2 GB; docs/mup.md.)
+    head_weight_grad = config.padded_vocab_size * config.n_embd * wb
+    ac_forward = (len(plan) + 1) * residual + head["saved"]
+    ac_backward = len(plan) * residual + residual + (biggest - residual) + head_weight_grad
+    ac_acts = max(ac_forward, ac_backward)
     # a checkpointed Block keeps no autocast weight copies between its forward and its backward: only the Block
     # being recomputed holds its own (plus whatever non-Block matmul copies the unsharded path keeps)
     resident_ac = resident
     if "weight_copies" in terms and not sharded_weights:
         block_copies = sum(per_block_params) * 2
         resident_ac = resident - block_copies + max(per_block_params, default=0) * 2
-    peak_ac = max(resident_ac + ac_acts + transient, optimizer_step)
+    peak_ac = max(resident_ac + max(ac_forward + terms["head_transient"], ac_backward + terms["backward_transient"]),
+                  optimizer_step)
     return {
         "bytes": {k: int(v) for k, v in terms.items()},
         "per_block_activation_bytes": {spec.describe(): int(b) for spec, b in zip(plan, blocks)},

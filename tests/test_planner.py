@@ -266,8 +266,8 @@ def test_compiled_block_activations_match_partitioner(arch, depth, ar):
 @pytest.mark.parametrize("depth,ar", [(4, 32), (2, 64)])
 def test_checkpointed_estimate_bounds_measured_cpu_peak(depth, ar):
     """Per-Block activation checkpointing under bf16 autocast: the estimate is an upper bound of the measured peak
-    (it still overestimates by 12-21% here, 12-13% on the H100 at 128K; docs/mup.md), and it no longer counts the
-    autocast weight copies of every checkpointed Block, nor the recomputed Block's input twice."""
+    within 10% (+3% / +8% here; +8% to +14% on H100/H200 at 128K, docs/mup.md). It counts the autocast weight copies
+    of the recomputed Block only, its input once, and the head's saved tensors only in the forward phase."""
     torch = pytest.importorskip("torch")
     from lit_gpt.model import GPT
     from lit_gpt.planner import measure_peak_tensor_bytes
@@ -297,11 +297,16 @@ def test_checkpointed_estimate_bounds_measured_cpu_peak(depth, ar):
     est = memory_estimate(cfg, mbs, T, Assumptions(accelerator="cpu", precision="bf16-mixed", compiled=False,
                                                    activation_checkpointing=True))
     print(f"\nAC estimate / measured: {est['total_with_checkpointing'] / total:.3f}")
-    assert total <= est["total_with_checkpointing"] <= 1.22 * total, (est["total_with_checkpointing"], total)
+    assert total <= est["total_with_checkpointing"] <= 1.10 * total, (est["total_with_checkpointing"], total)
     from lit_gpt.planner import _block_params
 
     per_block = [_block_params(cfg, spec)[0] for spec in cfg.layer_plan()]
     b = est["bytes"]
-    without_other_copies = (b["weights"] + b["optimizer"] + b["weight_copies"] - 2 * (sum(per_block) - max(per_block))
-                            + est["activations_checkpointed"] + max(b["head_transient"], b["backward_transient"]))
-    assert est["total_with_checkpointing"] == without_other_copies
+    resident = b["weights"] + b["optimizer"] + b["weight_copies"] - 2 * (sum(per_block) - max(per_block))
+    n, w, L = mbs * T, cfg.n_embd, cfg.n_layer
+    biggest = max(est["per_block_activation_bytes"].values())
+    head_saved = b["activations"] - sum(est["per_block_activation_bytes"][s.describe()] for s in cfg.layer_plan()) \
+        - n * w * 4
+    forward_phase = (L + 1) * n * w * 4 + head_saved + b["head_transient"]
+    backward_phase = L * n * w * 4 + biggest + cfg.padded_vocab_size * w * 4 + b["backward_transient"]
+    assert est["total_with_checkpointing"] == int(resident + max(forward_phase, backward_phase))
