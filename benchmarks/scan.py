@@ -140,19 +140,25 @@ def available_impls(device, requested):
     return impls
 
 
-def sweep(device, shapes, n, dtype):
-    """Try Triton launch configurations; print the best forward and fwd+bwd ones per shape (tokens, d, T)."""
+SWEEP_STAGES = ("fwd", "tiles", "ckpt", "segments")
+
+
+def sweep(device, shapes, n, dtype, stage_names=SWEEP_STAGES):
+    """Try Triton launch configurations; print the best forward and fwd+bwd ones per shape (tokens, d, T).
+    Stages run in order, each starting from the best configuration so far."""
     from lit_gpt.kernels import selective_scan_triton as st
 
     default = dict(st.CONFIG)
     tiles = [(32, 1), (64, 2), (128, 4)]  # (BLOCK_D, warps): one channel per lane
     wide = [(64, 1), (128, 2)]  # two channels per lane: half the cross-lane reductions per channel
-    stages = [
-        ("fwd", [dict(FWD_BLOCK_D=bd, FWD_WARPS=w) for bd, w in tiles + wide]),
-        ("bwd", [dict(BWD_BLOCK_T=bt, BWD_BLOCK_D=bd, BWD_WARPS=w) for bt in (1, 2, 4) for bd, w in tiles[:2]]),
-        ("bwd", [dict(CKPT_STEPS=c) for c in (8, 16, 32, 64)]),
-        ("bwd", [dict(SEGMENTS=sg) for sg in (0, 1, 2, 4, 8)]),
-    ]
+    all_stages = {
+        "fwd": ("fwd", [dict(FWD_BLOCK_D=bd, FWD_WARPS=w) for bd, w in tiles + wide]),
+        "tiles": ("bwd", [dict(BWD_BLOCK_T=bt, BWD_BLOCK_D=bd, BWD_WARPS=w) for bt in (1, 2, 4)
+                          for bd, w in tiles[:2]]),
+        "ckpt": ("bwd", [dict(CKPT_STEPS=c) for c in (8, 16, 32, 64)]),
+        "segments": ("bwd", [dict(SEGMENTS=sg) for sg in (0, 1, 2, 4, 8)]),
+    }
+    stages = [all_stages[name] for name in stage_names]
     out = []
     for tokens, d, T in shapes:
         b = max(1, tokens // T)
@@ -212,9 +218,15 @@ def main(argv=None):
     p.add_argument("--peak-bw", type=float, default=3.0e12, help="reference bandwidth in bytes/s")
     p.add_argument("--sweep", action="store_true", help="also sweep Triton launch configurations")
     p.add_argument("--sweep-only", action="store_true", help="only the parity check and the sweep")
+    p.add_argument("--sweep-stages", default=",".join(SWEEP_STAGES),
+                   help=f"comma-separated sweep stages, in order (default {','.join(SWEEP_STAGES)})")
     p.add_argument("--max-chunked-tokens", type=int, default=1 << 30,
                    help="skip the chunked path above this many tokens (it is slow)")
     args = p.parse_args(argv)
+    stage_names = [x for x in args.sweep_stages.split(",") if x]
+    unknown = sorted(set(stage_names) - set(SWEEP_STAGES))
+    if unknown:
+        p.error(f"--sweep-stages: unknown {unknown}; choose from {','.join(SWEEP_STAGES)}")
 
     device = "cpu" if args.cpu or not torch.cuda.is_available() else "cuda"
     global BUDGET_S
@@ -324,7 +336,7 @@ def main(argv=None):
         shapes = [(512, 64, T)] if args.small else [(8192, 2048, T), (32768, 4096, T)]
         if args.tokens and args.d_inner:
             shapes = [(int(tk), int(dd), T) for tk in args.tokens.split(",") for dd in args.d_inner.split(",")]
-        result["sweep"] = sweep(device, shapes, n, dtype)
+        result["sweep"] = sweep(device, shapes, n, dtype, stage_names)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))
