@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from lit_gpt.config import Config, LayerSpec
+from lit_gpt.layers.attention import flex_masks
 from lit_gpt.layers.context import SeqContext, document_ids
 from lit_gpt.layers.mlp import SwiGLU
 from lit_gpt.layers.norms import build_norm
@@ -104,7 +105,8 @@ class GPT(nn.Module):
         rope = None
         if cfg.rope:
             rope = rope_cache(cfg.head_size, torch.arange(offset, offset + T, device=idx.device), cfg.rope_base)
-        ctx = SeqContext(rope=rope, doc_ids=doc_ids, state=state)
+        ctx = SeqContext(rope=rope, doc_ids=doc_ids, state=state,
+                         flex_masks=flex_masks(cfg, T, doc_ids, idx.device) if state is None else {})
         x = self.transformer.wte(idx)
         if torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float32:
             # SPEC: the residual stream stays fp32 under mixed precision, also when FSDP hands the Blocks

@@ -19,7 +19,7 @@ import torch
 
 from lit_gpt.config import Config, LayerSpec
 from lit_gpt.kernels.attention_masks import (attention_mask, block_local_attention, cu_seqlens_from_doc_ids,
-                                             flex_attention, reference_attention)
+                                             flex_attention, flex_available, reference_attention)
 from lit_gpt.kernels.causal_conv import causal_conv1d, causal_conv1d_reference
 from lit_gpt.layers.attention import CausalSelfAttention, CrossAttention, attention, choose_impl
 from lit_gpt.layers.context import SeqContext, document_ids
@@ -602,3 +602,44 @@ def test_benchmarks_cpu_smoke(tmp_path, capsys):
     rows = json.loads((tmp_path / "att.json").read_text())["rows"]
     assert all(r["parity_err"] is not None and r["parity_err"] < 1e-4 for r in rows)
     assert json.loads((tmp_path / "mix.json").read_text())["rows"][0]["fwd_ms"] > 0
+
+
+@pytest.mark.parametrize("varlen", [False, True])
+def test_flex_masks_built_before_compiled_blocks(monkeypatch, varlen):
+    """The model builds the Flex block masks before its Blocks run, so a compiled Block traces the whole layer
+    (building a mask inside one is a graph break per attention layer) and computes what the eager model does."""
+    from torch._dynamo.utils import counters
+
+    from lit_gpt.layers.attention import flex_masks
+    from lit_gpt.model import GPT
+
+    if not flex_available():
+        pytest.skip("FlexAttention not available")
+    monkeypatch.setenv("LITSCALE_ATTN_IMPL", "flex")  # on CPU Flex serves only no-grad calls
+    cfg = Config.from_arch("sambay", 8, ar=8, vocab_size=256, block_size=256, parameterization="mup++")
+    if varlen:
+        cfg.varlen, cfg.eos_id = True, 3
+    torch.manual_seed(0)
+    model = GPT(cfg).eval()
+    x = torch.randint(0, 256, (2, 256))
+    x[:, 100] = 3  # a document boundary (used when varlen)
+    windows = {s.window for s in cfg.layer_plan() if s.mixer in ("attention", "cross_attention")}
+    assert set(flex_masks(cfg, 256, None, x.device)) == windows  # forced Flex: every attention layer's window
+    monkeypatch.delenv("LITSCALE_ATTN_IMPL")
+    assert flex_masks(cfg, 256, None, x.device) == {}  # CPU, not forced: no Flex, nothing built
+    monkeypatch.setenv("LITSCALE_ATTN_IMPL", "flex")
+    with torch.no_grad():
+        eager = model(x).logits
+    torch._dynamo.reset()
+    counters.clear()
+    for block in model.transformer.h:
+        block.compile(backend="eager")
+    with torch.no_grad():
+        compiled = model(x).logits
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+    graphs = counters["stats"]["unique_graphs"]
+    x[:, 100], x[:, 180] = 7, 3  # another document layout (a new mask every batch): no recompilation
+    with torch.no_grad():
+        model(x)
+    assert counters["stats"]["unique_graphs"] == graphs

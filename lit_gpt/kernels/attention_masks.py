@@ -229,11 +229,14 @@ def _compiled_flex():
 
 
 def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, window: Optional[int] = None,
-                   doc_ids: Optional[torch.Tensor] = None, compiled: Optional[bool] = None) -> torch.Tensor:
+                   doc_ids: Optional[torch.Tensor] = None, compiled: Optional[bool] = None,
+                   block_mask: Optional[Any] = None) -> torch.Tensor:
     """FlexAttention in the training layout (Tq == Tk). Compiled on CUDA unless ``compiled`` says otherwise
-    (inside a torch.compile'd model the surrounding compile handles it)."""
+    (inside a torch.compile'd model the surrounding compile handles it). ``block_mask``: built beforehand for
+    this (T, window, doc_ids), else built here (eagerly: a graph break under torch.compile)."""
     T = q.shape[2]
-    block_mask = flex_block_mask(T, window, doc_ids, q.device)
+    if block_mask is None:
+        block_mask = flex_block_mask(T, window, doc_ids, q.device)
     compiled = q.is_cuda if compiled is None else compiled
     fn = _compiled_flex() if compiled and not torch.compiler.is_compiling() else _flex_attention
     if not q.is_cuda and not torch.is_grad_enabled():  # CPU Flex has no backward and refuses grad-requiring inputs

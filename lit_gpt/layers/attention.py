@@ -23,12 +23,13 @@ from torch import nn
 
 from lit_gpt.config import Config, LayerSpec
 from lit_gpt.kernels.attention_masks import (attention_mask, block_local_attention, flash_attention,
-                                             flash_supports, flex_attention, flex_available, reference_attention,
-                                             sdpa_gqa)
+                                             flash_attn_available, flash_supports, flex_attention, flex_available,
+                                             flex_block_mask, reference_attention, sdpa_gqa)
 from lit_gpt.layers.context import SeqContext
 from lit_gpt.layers.rotary import apply_rope
 
-__all__ = ["attention", "attention_mask", "sdpa", "choose_impl", "IMPLS", "CausalSelfAttention", "CrossAttention"]
+__all__ = ["attention", "attention_mask", "sdpa", "choose_impl", "flex_masks", "IMPLS", "CausalSelfAttention",
+           "CrossAttention"]
 
 IMPLS = ("reference", "sdpa", "flash", "flex", "block_local")
 ENV_VAR = "LITSCALE_ATTN_IMPL"
@@ -78,11 +79,14 @@ def choose_impl(q: torch.Tensor, v: torch.Tensor, *, window: Optional[int], doc_
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, window: Optional[int] = None,
               doc_ids: Optional[torch.Tensor] = None, q_pos: Optional[torch.Tensor] = None,
-              k_pos: Optional[torch.Tensor] = None, impl: Optional[str] = None) -> torch.Tensor:
+              k_pos: Optional[torch.Tensor] = None, impl: Optional[str] = None,
+              block_mask: Optional[object] = None) -> torch.Tensor:
     """Causal attention. q: [B, H, Tq, D]; k: [B, G, Tk, D]; v: [B, G, Tk, Dv] (G divides H). Returns [B, H, Tq, Dv].
 
     Without positions the call is in the training layout (Tq == Tk, same positions); with ``q_pos``/``k_pos``
     (decoding with a cache) the reference path handles any layout. ``doc_ids`` [B, T] masks across documents.
+    ``block_mask``: a Flex block mask already built for this (T, window, doc_ids) (``flex_masks``); used only if
+    the Flex backend is chosen, else built here.
     """
     if q_pos is not None or k_pos is not None or q.shape[2] != k.shape[2]:
         return reference_attention(q, k, v, scale=scale, window=window, q_pos=q_pos, k_pos=k_pos,
@@ -96,10 +100,33 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
     if backend == "flash":
         return flash_attention(q, k, v, scale=scale, window=window, doc_ids=doc_ids)
     if backend == "flex":
-        return flex_attention(q, k, v, scale=scale, window=window, doc_ids=doc_ids)
+        return flex_attention(q, k, v, scale=scale, window=window, doc_ids=doc_ids, block_mask=block_mask)
     if backend == "block_local":
         return block_local_attention(q, k, v, scale=scale, window=window, doc_ids=doc_ids)
     return reference_attention(q, k, v, scale=scale, window=window, q_doc=doc_ids, k_doc=doc_ids)
+
+
+def flex_masks(config: Config, T: int, doc_ids: Optional[torch.Tensor], device: torch.device) -> dict:
+    """The Flex block masks the attention layers of ``config`` may use for a training-layout call over T tokens,
+    by layer window. Built where Flex can be chosen (CUDA without flash-attn, or LITSCALE_ATTN_IMPL=flex) and only
+    for what plain causal SDPA does not serve (a binding window, documents); value widths above
+    FLEX_MAX_VALUE_WIDTH (differential attention) never take Flex. Without documents the masks are cached."""
+    forced = os.environ.get(ENV_VAR)
+    if not flex_available() or (forced or "flex") != "flex" or (forced is None and device.type != "cuda"):
+        return {}
+    if forced is None and flash_attn_available():
+        return {}
+    out = {}
+    for spec in config.layer_plan():
+        if spec.mixer not in ("attention", "cross_attention") or spec.diff_attn or spec.window in out:
+            continue
+        window = spec.window if spec.window is not None and spec.window < T else None
+        if window is None and doc_ids is None and forced is None:
+            continue  # plain causal: SDPA
+        if forced is None and window is not None and window <= BLOCK_LOCAL_MAX_WINDOW_CUDA:
+            continue  # the tiled SDPA path serves it
+        out[spec.window] = flex_block_mask(T, window, doc_ids, device)
+    return out
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, window: Optional[int] = None,
@@ -141,7 +168,8 @@ class CausalSelfAttention(nn.Module):
         if cache is None:
             if self.layer.produces_kv:
                 ctx.shared["kv"] = (k, v, None)
-            y = self.core(q, k, v, window=self.layer.window, doc_ids=ctx.doc_ids)
+            y = self.core(q, k, v, window=self.layer.window, doc_ids=ctx.doc_ids,
+                          block_mask=ctx.flex_masks.get(self.layer.window))
         else:
             y = self.attend_cached(q, k, v, ctx, cache)
         return self.proj(y.transpose(1, 2).reshape(B, T, self.config.attn_dim))
@@ -191,7 +219,8 @@ class CrossAttention(nn.Module):
             cos, sin = ctx.rope
             q = apply_rope(q, cos, sin)
         if k_start is None or (k.shape[2] == T and k_start == ctx.offset):
-            y = self.core(q, k, v, doc_ids=ctx.doc_ids)  # training layout (or a prefill)
+            y = self.core(q, k, v, doc_ids=ctx.doc_ids,  # training layout (or a prefill)
+                          block_mask=ctx.flex_masks.get(None) if k_start is None else None)
         else:
             q_pos = torch.arange(ctx.offset, ctx.offset + T, device=q.device)
             k_pos = torch.arange(k_start, k_start + k.shape[2], device=q.device)

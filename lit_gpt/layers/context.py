@@ -16,6 +16,9 @@ class SeqContext:
     doc_ids: Optional[torch.Tensor] = None  # [B, T] document index of every token (varlen), or None
     state: Optional[DecodeState] = None  # set while decoding: the call continues the state's sequence
     shared: dict[str, Any] = field(default_factory=dict)  # YOCO: "kv" from the producer, "memory" for GMUs
+    # FlexAttention block masks for this call's training layout, by layer window (None = full causal), built
+    # eagerly before the (compiled) Blocks run: building one inside a compiled Block is a graph break per layer
+    flex_masks: dict[Optional[int], Any] = field(default_factory=dict)
 
     @property
     def offset(self) -> int:
