@@ -632,14 +632,17 @@ def test_flex_masks_built_before_compiled_blocks(monkeypatch, varlen):
         eager = model(x).logits
     torch._dynamo.reset()
     counters.clear()
-    for block in model.transformer.h:
-        block.compile(backend="eager")
-    with torch.no_grad():
-        compiled = model(x).logits
-    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
-    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
-    graphs = counters["stats"]["unique_graphs"]
-    x[:, 100], x[:, 180] = 7, 3  # another document layout (a new mask every batch): no recompilation
-    with torch.no_grad():
-        model(x)
-    assert counters["stats"]["unique_graphs"] == graphs
+    try:
+        for block in model.transformer.h:
+            block.compile(backend="eager")
+        with torch.no_grad():
+            compiled = model(x).logits
+        assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+        torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+        graphs = counters["stats"]["unique_graphs"]
+        x[:, 100], x[:, 180] = 7, 3  # another document layout (a new mask every batch): no recompilation
+        with torch.no_grad():
+            model(x)
+        assert counters["stats"]["unique_graphs"] == graphs
+    finally:
+        torch._dynamo.reset()  # Block.forward's compiled variants count against dynamo's recompile limit
