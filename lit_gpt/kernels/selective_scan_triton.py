@@ -166,10 +166,13 @@ def _load_tile(x_ptr, dt_ptr, B_ptr, C_ptr, reset_ptr, A, bias, base_xd, base_bn
     return x, z, delta, Bt, Ct, a, u, m2, mask_t, xd_off, bn_off, mtn
 
 
-# Layout note: tiles are [time, state, channel] with the channel axis last, and the state stride `sn`
-# (always 1) is a runtime argument that Triton does not specialise.  Then the only contiguous axis the
-# compiler sees is the channel axis, lanes are laid along channels, and time and state live inside each
-# thread: the scans over time and the sums over the state need no shuffles (checked on sm_90 PTX).
+# Layout note: tiles are [time, state, channel] with the channel axis last.  Every state-shaped array the
+# kernels read or write (A, initial/final states, checkpoints, segment summaries, dA partials) is laid out
+# [.., NS, DIM] -- channels contiguous -- and B/C's state stride `sn` (always 1) is a runtime argument that Triton
+# does not specialise.  Then the only contiguous axis the compiler sees is the channel axis, lanes are laid along
+# channels, and time and state live inside each thread: the scans over time and the sums over the state need no
+# shuffles.  (With [.., DIM, NS] state arrays, Triton 3.6 laid 16 lanes along the state axis instead: 128
+# shuffles and a shared-memory layout conversion per forward step; checked in its TTGIR and SASS for sm_90.)
 @triton.jit
 def _channel_block(pid_d, A_ptr, bias_ptr, D_ptr, DIM, NS, sn, NP: tl.constexpr, BLOCK_D: tl.constexpr,
                    HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
@@ -179,7 +182,7 @@ def _channel_block(pid_d, A_ptr, bias_ptr, D_ptr, DIM, NS, sn, NP: tl.constexpr,
     mask_d = offs_d < DIM
     mask_n = offs_n < NS
     mnd = mask_n[:, None] & mask_d[None, :]
-    nd_off = offs_d[None, :] * NS + offs_n[:, None] * sn  # [NP, BD] into a [.., DIM, NS] array
+    nd_off = offs_n[:, None] * DIM + offs_d[None, :]  # [NP, BD] into a [.., NS, DIM] array (channels contiguous)
     A = tl.load(A_ptr + nd_off, mask=mnd, other=0.0).to(tl.float32)
     bias = tl.zeros([BLOCK_D], dtype=tl.float32)
     if HAS_BIAS:
@@ -246,25 +249,20 @@ def _scan_fwd_step_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, r
     y_row = y_ptr + pid_b * T * DIM + offs_d
     B_row = B_ptr + pid_b * T * NS
     C_row = C_ptr + pid_b * T * NS
-    # running pointers (advanced by one row per step; the prefetch stays on the last row at the end)
-    t_first = tl.minimum(t_lo, T - 1).to(tl.int64)
-    xp = x_row + t_first * DIM
-    zp = dt_row + t_first * DIM
-    yp = y_row + t_first * DIM
-    Bp = B_row + t_first * NS + n_col
-    Cp = C_row + t_first * NS + n_col
-    x_n, z_n, B_n, C_n = _load_step(xp, zp, Bp, Cp, mask_d, n_col_mask, EVEN_D, EVEN_N)
+    # the next step's inputs are loaded one step ahead; addresses are formed each step from the row index plus
+    # per-lane constants, so no per-element pointer lives across iterations (running pointer tensors for the
+    # [NP, 1] B and C columns, which every lane holds, cost 2 x NP 64-bit registers and spilled)
+    t_cur = tl.minimum(t_lo, T - 1).to(tl.int64)  # the step as int64 (row offsets may pass 2^31)
+    x_n, z_n, B_n, C_n = _load_step(x_row + t_cur * DIM, dt_row + t_cur * DIM, B_row + t_cur * NS + n_col,
+                                    C_row + t_cur * NS + n_col, mask_d, n_col_mask, EVEN_D, EVEN_N)
     for t in range(t_lo, t_hi):
         x = x_n.to(tl.float32)
         z = z_n.to(tl.float32)
         Bt = B_n.to(tl.float32)
         Ct = C_n.to(tl.float32)
-        more = t + 1 < t_hi
-        xp += tl.where(more, DIM, 0)
-        zp += tl.where(more, DIM, 0)
-        Bp += tl.where(more, NS, 0)
-        Cp += tl.where(more, NS, 0)
-        x_n, z_n, B_n, C_n = _load_step(xp, zp, Bp, Cp, mask_d, n_col_mask, EVEN_D, EVEN_N)
+        t_next = tl.minimum(t_cur + 1, t_hi - 1)
+        x_n, z_n, B_n, C_n = _load_step(x_row + t_next * DIM, dt_row + t_next * DIM, B_row + t_next * NS + n_col,
+                                        C_row + t_next * NS + n_col, mask_d, n_col_mask, EVEN_D, EVEN_N)
         if not SUMMARY:
             if t % CKPT_STEPS == 0:
                 tl.store(ckpt_ptr + (pid_b * n_ckpt + t // CKPT_STEPS) * DIM * NS + nd_off, h, mask=mnd)
@@ -286,10 +284,10 @@ def _scan_fwd_step_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, r
             if HAS_D:
                 y += Dv * x
             if EVEN_D:
-                tl.store(yp, y.to(y_ptr.dtype.element_ty))
+                tl.store(y_row + t_cur * DIM, y.to(y_ptr.dtype.element_ty))
             else:
-                tl.store(yp, y.to(y_ptr.dtype.element_ty), mask=mask_d)
-            yp += DIM
+                tl.store(y_row + t_cur * DIM, y.to(y_ptr.dtype.element_ty), mask=mask_d)
+        t_cur += 1
     if SUMMARY:
         tl.store(sumU_ptr + seg_off, h, mask=mnd)
         tl.store(sumP_ptr + seg_off, p_acc, mask=mnd)
@@ -467,17 +465,17 @@ def _scan_fwd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optiona
     ns = A.shape[1]
     n_ckpt = _n_ckpt(T)
     y = torch.empty_like(x)
-    hT = torch.empty(b, dim, ns, device=x.device, dtype=torch.float32)
-    ckpt = torch.empty(b, n_ckpt, dim, ns, device=x.device, dtype=torch.float32)
+    ckpt = torch.empty(b, n_ckpt, ns, dim, device=x.device, dtype=torch.float32)  # states: [.., NS, DIM]
     if T == 0:
-        hT.copy_(initial_state if initial_state is not None else torch.zeros_like(hT))
+        hT = initial_state.clone() if initial_state is not None else x.new_zeros(b, dim, ns, dtype=torch.float32)
         return y, hT, ckpt
+    hT = torch.empty(b, ns, dim, device=x.device, dtype=torch.float32)
     cfg = CONFIG
     _check_config(cfg)
     n_dblk = triton.cdiv(dim, cfg["FWD_BLOCK_D"])
     n_seg, seg_len = _segments(b, dim, n_ckpt, cfg["FWD_BLOCK_D"], cfg["FWD_WARPS"], x.device)
-    h0 = initial_state
-    args = (x, dt, A, B, C, D if D is not None else x, dt_bias if dt_bias is not None else x,
+    h0 = _states_last(initial_state)
+    args = (x, dt, _states_last(A), B, C, D if D is not None else x, dt_bias if dt_bias is not None else x,
             reset.view(torch.uint8) if reset is not None else x)
     meta = dict(NP=_np2(ns), BLOCK_D=cfg["FWD_BLOCK_D"], HAS_D=D is not None,
                 HAS_BIAS=dt_bias is not None, HAS_RESET=reset is not None, SOFTPLUS=dt_softplus,
@@ -486,14 +484,14 @@ def _scan_fwd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optiona
     meta.update(CKPT_STEPS=cfg["CKPT_STEPS"], EVEN_D=dim % cfg["FWD_BLOCK_D"] == 0, EVEN_N=ns == _np2(ns))
     if n_seg > 1:
         # pass 1: every segment but the last scans from zero -> (end state U_s, decay product P_s)
-        sumU = torch.empty(b, n_seg, dim, ns, device=x.device, dtype=torch.float32)
+        sumU = torch.empty(b, n_seg, ns, dim, device=x.device, dtype=torch.float32)
         sumP = torch.empty_like(sumU)
         kernel[(b, n_dblk, n_seg - 1)](
             *args, x, y, hT, ckpt, sumU, sumP, T, dim, ns, n_ckpt, seg_len, n_seg, 1,
             HAS_H0=False, SUMMARY=True, **meta)
         # chain: start of segment s = P_{s-1} * start_{s-1} + U_{s-1}
         starts = torch.empty_like(sumU)
-        h = initial_state if initial_state is not None else torch.zeros_like(hT)
+        h = h0 if h0 is not None else torch.zeros_like(hT)
         starts[:, 0] = h
         for i in range(1, n_seg):
             h = torch.addcmul(sumU[:, i - 1], sumP[:, i - 1], h)
@@ -502,7 +500,17 @@ def _scan_fwd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optiona
     kernel[(b, n_dblk, n_seg)](
         *args, h0 if h0 is not None else x, y, hT, ckpt, x, x, T, dim, ns, n_ckpt, seg_len, n_seg, 1,
         HAS_H0=h0 is not None, SUMMARY=False, **meta)
-    return y, hT, ckpt
+    return y, _states_first(hT), ckpt
+
+
+def _states_last(t: Optional[Tensor]) -> Optional[Tensor]:
+    """[.., DIM, NS] -> contiguous [.., NS, DIM], the kernels' layout for state-shaped arrays (see the layout note)."""
+    return None if t is None else t.transpose(-1, -2).contiguous()
+
+
+def _states_first(t: Tensor) -> Tensor:
+    """The kernels' [.., NS, DIM] back to the API's contiguous [.., DIM, NS]."""
+    return t.transpose(-1, -2).contiguous()
 
 
 @_scan_fwd.register_fake
@@ -510,7 +518,7 @@ def _scan_fwd_fake(x, dt, A, B, C, D, dt_bias, reset, initial_state, dt_softplus
     b, T, dim = x.shape
     ns = A.shape[1]
     return (torch.empty_like(x), x.new_empty(b, dim, ns, dtype=torch.float32),
-            x.new_empty(b, _n_ckpt(T), dim, ns, dtype=torch.float32))
+            x.new_empty(b, _n_ckpt(T), ns, dim, dtype=torch.float32))
 
 
 @torch.library.custom_op("litscale::selective_scan_bwd", mutates_args=())
@@ -530,6 +538,8 @@ def _scan_bwd(gy: Tensor, g_final: Optional[Tensor], x: Tensor, dt: Tensor, A: T
     dh0 = torch.zeros(b, dim, ns, device=dev, dtype=f32) if want_dh0 else None
     n_seg = 1
     if T > 0:
+        A_k = _states_last(A)  # the kernels' [NS, DIM] layout (see the layout note)
+        dh0_k = torch.zeros(b, ns, dim, device=dev, dtype=f32) if want_dh0 else None
         cfg = CONFIG
         _check_config(cfg)
         if cfg["CKPT_STEPS"] * n_ckpt < T or cfg["CKPT_STEPS"] * (n_ckpt - 1) >= T:
@@ -539,34 +549,36 @@ def _scan_bwd(gy: Tensor, g_final: Optional[Tensor], x: Tensor, dt: Tensor, A: T
         tiles = cfg["CKPT_STEPS"] // cfg["BWD_BLOCK_T"]
         n_seg, seg_len = _segments(b, dim, n_ckpt, cfg["BWD_BLOCK_D"], cfg["BWD_WARPS"], dev)
         rst = reset.view(torch.uint8) if reset is not None else x
-        gT = g_final[:, None] if g_final is not None else None  # [b, 1, dim, ns]
+        gT = _states_last(g_final)[:, None] if g_final is not None else None  # [b, 1, ns, dim]
         if n_seg > 1:
             # pass 1: reverse summaries of segments 1..n_seg-1, then chain them from the end
-            sumQ = torch.empty(b, n_seg, dim, ns, device=dev, dtype=f32)
+            sumQ = torch.empty(b, n_seg, ns, dim, device=dev, dtype=f32)
             sumP = torch.empty_like(sumQ)
             _scan_bwd_summary_kernel[(b, n_dblk, n_seg - 1)](
-                dt, A, C, dt_bias if dt_bias is not None else x, rst, gy, sumQ, sumP, T, dim, ns, seg_len, n_seg, 1,
+                dt, A_k, C, dt_bias if dt_bias is not None else x, rst, gy, sumQ, sumP, T, dim, ns, seg_len, n_seg, 1,
                 NP=np2, BLOCK_T=cfg["BWD_BLOCK_T"], BLOCK_D=cfg["BWD_BLOCK_D"], HAS_BIAS=dt_bias is not None,
                 HAS_RESET=reset is not None, SOFTPLUS=dt_softplus, num_warps=cfg["BWD_WARPS"])
             gT = torch.empty_like(sumQ)
-            q = g_final if g_final is not None else torch.zeros(b, dim, ns, device=dev, dtype=f32)
+            q = _states_last(g_final) if g_final is not None else torch.zeros(b, ns, dim, device=dev, dtype=f32)
             gT[:, n_seg - 1] = q
             for i in range(n_seg - 1, 0, -1):
                 q = torch.addcmul(sumQ[:, i], sumP[:, i], q)
                 gT[:, i - 1] = q
-        dA_part = torch.empty(b * n_seg, dim, ns, device=dev, dtype=f32)
+        dA_part = torch.empty(b * n_seg, ns, dim, device=dev, dtype=f32)
         dD_part = torch.empty(b * n_seg, dim, device=dev, dtype=f32) if D is not None else dA_part
         db_part = torch.empty(b * n_seg, dim, device=dev, dtype=f32) if dt_bias is not None else dA_part
         scratch = torch.empty(b * n_seg * n_dblk * tiles * cfg["BWD_BLOCK_D"] * np2, device=dev, dtype=f32)
         _scan_bwd_kernel[(b, n_dblk, n_seg)](
-            x, dt, A, B, C, D if D is not None else x, dt_bias if dt_bias is not None else x,
+            x, dt, A_k, B, C, D if D is not None else x, dt_bias if dt_bias is not None else x,
             rst, ckpt, gy, gT.contiguous() if gT is not None else x, scratch,
-            dx, ddt, dA_part, dB, dC, dD_part, db_part, dh0 if want_dh0 else dA_part,
+            dx, ddt, dA_part, dB, dC, dD_part, db_part, dh0_k if want_dh0 else dA_part,
             T, dim, ns, n_ckpt, seg_len, n_seg, 1,
             NP=np2, BLOCK_D=cfg["BWD_BLOCK_D"], HAS_D=D is not None, HAS_BIAS=dt_bias is not None,
             HAS_RESET=reset is not None, HAS_GT=gT is not None, WANT_DH0=want_dh0, SOFTPLUS=dt_softplus,
             num_warps=cfg["BWD_WARPS"], BLOCK_T=cfg["BWD_BLOCK_T"], CKPT_TILES=tiles)
-        dA = dA_part.sum(0).to(A.dtype)
+        dA = _states_first(dA_part.sum(0)).to(A.dtype)
+        if want_dh0:
+            dh0 = _states_first(dh0_k)
         dD = dD_part.sum(0).to(D.dtype) if D is not None else _empty(x)
         dbias = db_part.sum(0).to(dt_bias.dtype) if dt_bias is not None else _empty(x)
     else:
