@@ -140,7 +140,7 @@ def available_impls(device, requested):
     return impls
 
 
-SWEEP_STAGES = ("fwd", "tiles", "ckpt", "segments")
+SWEEP_STAGES = ("fwd", "tiles", "ckpt", "segments", "regs", "bwd_regs")
 
 
 def sweep(device, shapes, n, dtype, stage_names=SWEEP_STAGES):
@@ -157,6 +157,8 @@ def sweep(device, shapes, n, dtype, stage_names=SWEEP_STAGES):
                           for bd, w in tiles[:2]]),
         "ckpt": ("bwd", [dict(CKPT_STEPS=c) for c in (8, 16, 32, 64)]),
         "segments": ("bwd", [dict(SEGMENTS=sg) for sg in (0, 1, 2, 4, 8)]),
+        "regs": ("fwd", [dict(FWD_MAXNREG=r) for r in (0, 168, 128)]),
+        "bwd_regs": ("bwd", [dict(BWD_MAXNREG=r) for r in (0, 168, 128)]),
     }
     stages = [all_stages[name] for name in stage_names]
     out = []

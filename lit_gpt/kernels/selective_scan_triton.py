@@ -58,6 +58,10 @@ CONFIG = {
     "BWD_BLOCK_T": _env_int("LITSCALE_SCAN_BWD_BLOCK_T", 2),
     "BWD_BLOCK_D": _env_int("LITSCALE_SCAN_BWD_BLOCK_D", 32),
     "BWD_WARPS": _env_int("LITSCALE_SCAN_BWD_WARPS", 1),
+    # register cap per thread (0: the compiler's choice, ~255): fewer registers, more resident warps to hide the
+    # exp2 latency, at the price of spills
+    "FWD_MAXNREG": _env_int("LITSCALE_SCAN_FWD_MAXNREG", 0),
+    "BWD_MAXNREG": _env_int("LITSCALE_SCAN_BWD_MAXNREG", 0),
     # time segments run by separate programs (more parallelism for small batch * d_inner, at the price of
     # one extra pass over the data): 0 = automatic (aim at SEG_WARPS_PER_SM resident warps), else forced.
     "SEGMENTS": _env_int("LITSCALE_SCAN_SEGMENTS", 0),
@@ -449,6 +453,10 @@ def _scan_bwd_summary_kernel(dt_ptr, A_ptr, C_ptr, bias_ptr, reset_ptr, gy_ptr, 
 # ----------------------------------------------------------------------------------------------
 # custom ops
 # ----------------------------------------------------------------------------------------------
+def _maxnreg(n: int) -> dict:
+    return {"maxnreg": n} if n > 0 else {}  # only when set: the interpreter takes no such option
+
+
 def _np2(n: int) -> int:
     return max(1, triton.next_power_of_2(n))
 
@@ -479,7 +487,7 @@ def _scan_fwd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optiona
             reset.view(torch.uint8) if reset is not None else x)
     meta = dict(NP=_np2(ns), BLOCK_D=cfg["FWD_BLOCK_D"], HAS_D=D is not None,
                 HAS_BIAS=dt_bias is not None, HAS_RESET=reset is not None, SOFTPLUS=dt_softplus,
-                num_warps=cfg["FWD_WARPS"])
+                num_warps=cfg["FWD_WARPS"], **_maxnreg(cfg["FWD_MAXNREG"]))
     kernel = _scan_fwd_step_kernel
     meta.update(CKPT_STEPS=cfg["CKPT_STEPS"], EVEN_D=dim % cfg["FWD_BLOCK_D"] == 0, EVEN_N=ns == _np2(ns))
     if n_seg > 1:
@@ -575,7 +583,7 @@ def _scan_bwd(gy: Tensor, g_final: Optional[Tensor], x: Tensor, dt: Tensor, A: T
             T, dim, ns, n_ckpt, seg_len, n_seg, 1,
             NP=np2, BLOCK_D=cfg["BWD_BLOCK_D"], HAS_D=D is not None, HAS_BIAS=dt_bias is not None,
             HAS_RESET=reset is not None, HAS_GT=gT is not None, WANT_DH0=want_dh0, SOFTPLUS=dt_softplus,
-            num_warps=cfg["BWD_WARPS"], BLOCK_T=cfg["BWD_BLOCK_T"], CKPT_TILES=tiles)
+            num_warps=cfg["BWD_WARPS"], BLOCK_T=cfg["BWD_BLOCK_T"], CKPT_TILES=tiles, **_maxnreg(cfg["BWD_MAXNREG"]))
         dA = _states_first(dA_part.sum(0)).to(A.dtype)
         if want_dh0:
             dh0 = _states_first(dh0_k)
