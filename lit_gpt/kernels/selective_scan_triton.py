@@ -198,6 +198,27 @@ def _channel_block(pid_d, A_ptr, bias_ptr, D_ptr, DIM, NS, sn, NP: tl.constexpr,
 
 
 @triton.jit
+def _state_step(h, x, z, Bc, A, bias, r_ptr, HAS_BIAS: tl.constexpr, HAS_RESET: tl.constexpr,
+                SOFTPLUS: tl.constexpr, A_IN_LOG2: tl.constexpr):
+    """One step of the recurrence for a row: delta = softplus(z + bias), a = exp(delta A) (0 at a document start),
+    h <- a h + delta x B; returns (h, a). A_IN_LOG2: A is given times log2 e, so a = exp2(delta A) (the forward
+    keeps that copy; the backward, short of registers, passes A itself)."""
+    if HAS_BIAS:
+        z = z + bias
+    if SOFTPLUS:
+        delta = _softplus(z)
+    else:
+        delta = z
+    if A_IN_LOG2:
+        a = tl.exp2(delta[None, :] * A)
+    else:
+        a = tl.exp(delta[None, :] * A)
+    if HAS_RESET:
+        a = tl.where(tl.load(r_ptr) != 0, 0.0, a)
+    return a * h + (delta * x)[None, :] * Bc, a
+
+
+@triton.jit
 def _load_step(xp, zp, Bp, Cp, mask_d, n_col_mask, EVEN_D: tl.constexpr, EVEN_N: tl.constexpr):
     """One step's x, dt rows [BD] and B, C columns [NP, 1], unmasked where the block is full."""
     if EVEN_D:
@@ -270,17 +291,7 @@ def _scan_fwd_step_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, r
         if not SUMMARY:
             if t % CKPT_STEPS == 0:
                 tl.store(ckpt_ptr + (pid_b * n_ckpt + t // CKPT_STEPS) * DIM * NS + nd_off, h, mask=mnd)
-        if HAS_BIAS:
-            z = z + bias
-        if SOFTPLUS:
-            delta = _softplus(z)
-        else:
-            delta = z
-        a = tl.exp2(delta[None, :] * A2)
-        if HAS_RESET:
-            r = tl.load(reset_ptr + pid_b * T + t)
-            a = tl.where(r != 0, 0.0, a)
-        h = a * h + (delta * x)[None, :] * Bt
+        h, a = _state_step(h, x, z, Bt, A2, bias, reset_ptr + pid_b * T + t, HAS_BIAS, HAS_RESET, SOFTPLUS, True)
         if SUMMARY:
             p_acc = p_acc * a
         else:
@@ -358,17 +369,8 @@ def _scan_bwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, reset_
             zp += tl.where(more, DIM, 0)
             Bp += tl.where(more, NS, 0)
             x_n, z_n, B_n, _c = _load_step(xp, zp, Bp, Bp, mask_d, mask_n[:, None], False, False)
-            if HAS_BIAS:
-                z = z + bias
-            if SOFTPLUS:
-                delta = _softplus(z)
-            else:
-                delta = z
-            a = tl.exp(delta[None, :] * A)
-            if HAS_RESET:
-                r = tl.load(reset_ptr + base_r + t0 + i)
-                a = tl.where(r != 0, 0.0, a)
-            h = a * h + (delta * x)[None, :] * Bc
+            h, _a = _state_step(h, x, z, Bc, A, bias, reset_ptr + base_r + t0 + i, HAS_BIAS, HAS_RESET, SOFTPLUS,
+                                False)
         tl.store(scratch_ptr + sc_base + (nt - 1) * BLOCK_D * NP + sc_off, h)
         tl.debug_barrier()
         # phase B: tiles in reverse
