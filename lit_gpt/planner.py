@@ -295,7 +295,7 @@ def memory_estimate(config: Config, micro_batch: int, seq_len: int, assumptions:
     # the 128K GPU peaks by 2.2 GB; docs/mup.md.)
     head_weight_grad = config.padded_vocab_size * config.n_embd * wb
     ac_forward = (len(plan) + 1) * residual + head["saved"]
-    ac_backward = len(plan) * residual + residual + (biggest - residual) + head_weight_grad
+    ac_backward = len(plan) * residual + biggest + head_weight_grad  # (biggest holds the arriving gradient's size)
     ac_acts = max(ac_forward, ac_backward)
     # a checkpointed Block keeps no autocast weight copies between its forward and its backward: only the Block
     # being recomputed holds its own (plus whatever non-Block matmul copies the unsharded path keeps)

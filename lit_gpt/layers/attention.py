@@ -109,8 +109,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
 def flex_masks(config: Config, T: int, doc_ids: Optional[torch.Tensor], device: torch.device) -> dict:
     """The Flex block masks the attention layers of ``config`` may use for a training-layout call over T tokens,
     by layer window. Built where Flex can be chosen (CUDA without flash-attn, or LITSCALE_ATTN_IMPL=flex) and only
-    for what plain causal SDPA does not serve (a binding window, documents); value widths above
-    FLEX_MAX_VALUE_WIDTH (differential attention) never take Flex. Without documents the masks are cached."""
+    for what plain causal SDPA does not serve (a binding window, documents); differential attention's values
+    (2 x head_size wide) take Flex only up to FLEX_MAX_VALUE_WIDTH. Without documents the masks are cached."""
     forced = os.environ.get(ENV_VAR)
     if not flex_available() or (forced or "flex") != "flex" or (forced is None and device.type != "cuda"):
         return {}
@@ -118,8 +118,10 @@ def flex_masks(config: Config, T: int, doc_ids: Optional[torch.Tensor], device: 
         return {}
     out = {}
     for spec in config.layer_plan():
-        if spec.mixer not in ("attention", "cross_attention") or spec.diff_attn or spec.window in out:
+        if spec.mixer not in ("attention", "cross_attention") or spec.window in out:
             continue
+        if spec.diff_attn and forced is None and 2 * config.head_size > FLEX_MAX_VALUE_WIDTH:
+            continue  # the tiled SDPA path serves wide values
         window = spec.window if spec.window is not None and spec.window < T else None
         if window is None and doc_ids is None and forced is None:
             continue  # plain causal: SDPA
