@@ -260,7 +260,7 @@ def format_breakdown(b: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------- traces from pretrain --profile
-def summarize_trace(path: str | Path, top: int = 15) -> dict[str, Any]:
+def summarize_trace(path: str | Path, top: int = 15, gaps: int = 5) -> dict[str, Any]:
     """Summarize a Chrome trace written by ``pretrain.py --profile N`` (one file per rank; .json or .json.gz).
 
     Same categories as above (no phases: a trace file keeps no CPU-op ancestry we rely on), plus what only matters
@@ -270,13 +270,17 @@ def summarize_trace(path: str | Path, top: int = 15) -> dict[str, Any]:
     with opener(path, "rt") as fh:
         events = json.load(fh)["traceEvents"]
     kernels = [e for e in events if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
-    # each ProfilerStep# range appears twice, on the CPU and (as gpu_user_annotation) on the device timeline
-    steps = [e for e in events if e.get("ph") == "X" and str(e.get("name", "")).startswith("ProfilerStep#")
-             and e.get("cat") != "gpu_user_annotation"]
+    # each ProfilerStep# range appears twice, on the CPU and (as gpu_user_annotation) on the device timeline; the
+    # device copies are the steps as the GPU ran them (without a host sync per step the host runs ahead, and the
+    # CPU ranges end before their kernels do), the CPU ranges serve where a trace has no device copies
+    marks = [e for e in events if e.get("ph") == "X" and str(e.get("name", "")).startswith("ProfilerStep#")]
+    steps = [e for e in marks if e.get("cat") == "gpu_user_annotation"] or marks
     if not kernels or not steps:
         raise ValueError(f"{path}: no device kernels or no ProfilerStep# ranges; is it a GPU trace from --profile?")
     n = len(steps)
-    span = max(e["ts"] + e["dur"] for e in steps) - min(e["ts"] for e in steps)
+    lo, hi = min(e["ts"] for e in steps), max(e["ts"] + e["dur"] for e in steps)
+    span = hi - lo
+    kernels = [e for e in kernels if lo <= e["ts"] < hi]  # the profiled steps' kernels only
     rows = [(e["name"], float(e["dur"]), "") for e in kernels]
     out = breakdown(rows, n, top=top)
     every = [(e["ts"], e["ts"] + e["dur"]) for e in kernels]
@@ -285,8 +289,21 @@ def summarize_trace(path: str | Path, top: int = 15) -> dict[str, Any]:
     per_step = lambda us: round(us / n / 1e3, 3)  # noqa: E731
     out.update(trace=str(path), steps=n, step_ms=per_step(span), busy_ms=per_step(busy),
                compute_busy_ms=per_step(busy_compute), idle_ms=per_step(span - busy),
-               nccl_exposed_ms=per_step(busy - busy_compute))
+               nccl_exposed_ms=per_step(busy - busy_compute), idle_gaps=idle_gaps(kernels, gaps))
     return out
+
+
+def idle_gaps(kernels: list[dict], top: int = 5) -> list[dict[str, Any]]:
+    """The longest stretches with no kernel running on the device, each with the kernels on either side: where a
+    host synchronization or slow host code leaves the GPU waiting shows as the same gap in every step."""
+    ordered = sorted(kernels, key=lambda e: e["ts"])
+    found, end, last = [], float("-inf"), None
+    for e in ordered:
+        if last is not None and e["ts"] > end:
+            found.append(dict(ms=round((e["ts"] - end) / 1e3, 3), before=last["name"][:120], after=e["name"][:120]))
+        if e["ts"] + e["dur"] > end:
+            end, last = e["ts"] + e["dur"], e
+    return sorted(found, key=lambda g: -g["ms"])[:top]
 
 
 def format_trace_summary(s: dict[str, Any]) -> str:
@@ -296,6 +313,8 @@ def format_trace_summary(s: dict[str, Any]) -> str:
              f"idle {s['idle_ms']:.1f}"]
     lines += [f"    {c:<16}{v['ms']:>9.2f} ms {v['pct']:>6.1f} %{v['calls']:>8.0f} calls" for c, v in s["categories"].items()]
     lines += [f"    {k['name'][:90]:<90}{k['category']:>14}{k['ms']:>9.2f}{k['calls']:>7.0f}" for k in s["top_kernels"]]
+    lines += [f"    idle gap {g['ms']:8.3f} ms after {g['before'][:60]} | before {g['after'][:60]}"
+              for g in s.get("idle_gaps", [])]
     return "\n".join(lines)
 
 

@@ -146,6 +146,25 @@ def test_torchrun_gloo_matches_single_process(tmp_path, launch):
         assert a == pytest.approx(b, rel=1e-4)
 
 
+def test_rank_vote_agrees_across_ranks_without_a_barrier(tmp_path):
+    """Stop and save flags are agreed by all ranks `lag` steps late, from a device all-reduce (no host sync)."""
+    from lit_gpt.training.parallel import RankVote
+
+    single = RankVote(torch.device("cpu"), world_size=1)
+    assert single(True, False) == (True, False)  # one process: no lag
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29626",
+                    str(ROOT / "tests" / "helpers" / "rank_vote.py"), str(tmp_path / "vote")], check=True, env=env,
+                   timeout=120)
+    ranks = [json.loads((tmp_path / f"vote_{r}.json").read_text()) for r in (0, 1)]
+    f, t = False, True
+    # call s returns the votes of call s - 2; clear() after call 5 drops the votes of calls 4 and 5
+    expected = [[f, f], [f, f], [f, f], [f, t], [f, f], [t, f], [f, f], [f, f]]
+    for result in ranks:
+        assert result["verdicts"] == expected
+        assert result["sum"] == 3.0
+
+
 @pytest.mark.slow
 def test_torchrun_pretrain_cli_smoke(builtin_data, tmp_path):
     out = tmp_path / "ddp"

@@ -171,6 +171,9 @@ def test_trace_summary_counts_exposed_collectives(tmp_path):
     assert s["nccl_exposed_ms"] == 1.0 and s["idle_ms"] == 3.0
     assert s["categories"]["nccl"]["ms"] == 2.0 and s["categories"]["gemm"]["ms"] == 6.0
     assert "collectives exposed" in pb.format_trace_summary(s)
+    # idle stretches: 8-10 ms between the first all-gather and the second step's gemm; nothing idle after 16 ms
+    # counts (the last kernel ends the trace's device time), and 0-8 overlaps are no gap
+    assert s["idle_gaps"] == [dict(ms=2.0, before="ncclDevKernel_AllGather_RING_LL", after="nvjet_tst_128x256")]
     with pytest.raises(ValueError, match="no device kernels"):
         plain = tmp_path / "cpu.json"
         plain.write_text(json.dumps({"traceEvents": events[:4]}))

@@ -24,7 +24,8 @@ from lit_gpt.model import GPT
 from lit_gpt.scaling import Plan, param_groups, transfer
 from lit_gpt.training.metrics import RunRecorder, Throughput, live_line
 from lit_gpt.training.options import OptionsError, RunOptions
-from lit_gpt.training.parallel import System, build_fabric, device_peak_flops, parallelize, resolve_system
+from lit_gpt.training.parallel import (RankVote, System, build_fabric, device_peak_flops, fsdp_sharding, parallelize,
+                                      reduce_across_ranks, resolve_system)
 
 EXIT_TOO_MANY_SKIPS = 3
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.", "_forward_module.")
@@ -399,12 +400,6 @@ class Trainer:
             if sig is not None:
                 signal.signal(sig, request_stop)
 
-    def _any_rank(self, flag: bool) -> bool:
-        if self.fabric.world_size == 1:
-            return flag
-        t = torch.tensor(float(flag), device=self.fabric.device)
-        return bool(self.fabric.all_reduce(t, reduce_op="max").item())
-
     def _guard(self, loss: float, grad_norm: float) -> Optional[str]:
         """Why this step should be skipped, or None."""
         opts = self.opts
@@ -443,15 +438,13 @@ class Trainer:
 
     def _sum_over_shards(self):
         """For sharded gradients: sum this rank's squared norm over the shards (None: gradients are replicated)."""
-        from lit_gpt.training.parallel import fsdp_sharding
-
         if self.system.strategy != "fsdp" or self.fabric.world_size == 1:
             return None
         sharding = fsdp_sharding(self.opts, self.system.nodes)
         if sharding == "NO_SHARD":
             return None
         replicas = self.system.nodes if sharding == "HYBRID_SHARD" else 1  # each shard is held once per node
-        return lambda sq: self.fabric.all_reduce(sq, reduce_op="sum") / replicas
+        return lambda sq: reduce_across_ranks(sq, "sum") / replicas  # on the device: no host sync inside the step
 
     def train_step(self, batches: Iterator[torch.Tensor], lr: float) -> StepResult:
         """One optimizer step exactly as ``train`` runs it (the benchmarks time this): gradients, the guard, the
@@ -491,6 +484,8 @@ class Trainer:
         # device guard: step s writes s + 1 at s % log_step when the optimizer skipped it; read at log steps and
         # before checkpoints (_drain_device_skips)
         self._skipped_at = torch.zeros(opts.log_step, device=device) if self.guard_on_device else None
+        # stop signals and timed saves, agreed by all ranks a few steps late rather than with a host sync per step
+        votes = RankVote(device, fabric.world_size)
         profiler = self._profiler()
         status = "finished"
         try:
@@ -548,13 +543,15 @@ class Trainer:
                     recorder.update(step=self.step, tokens=self.tokens)
                 time_to_save = (opts.save_interval_minutes is not None
                                 and time.monotonic() - self.last_save_time > 60 * opts.save_interval_minutes)
-                if self._any_rank(self.stop_requested):
+                stop, save_due = votes(self.stop_requested, time_to_save)
+                if stop:
                     self.save("signal")
                     status = "preempted"
                     fabric.print(f"stopped at step {self.step} on a signal; resume with --resume auto")
                     break
-                if self.step % opts.save_step == 0 or self.step == plan.max_steps or self._any_rank(time_to_save):
+                if self.step % opts.save_step == 0 or self.step == plan.max_steps or save_due:
                     self.save("final" if self.step == plan.max_steps else "periodic")
+                    votes.clear()  # votes cast before this save would ask for it again
         except TrainingStopped:
             status = "stopped"
             raise

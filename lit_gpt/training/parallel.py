@@ -4,6 +4,7 @@ precision, torch.compile and activation checkpointing. Applied from outside the 
 from __future__ import annotations
 
 import os
+from collections import deque
 from dataclasses import dataclass
 from typing import Optional
 
@@ -162,6 +163,69 @@ def parallelize(model: nn.Module, fabric, opts: RunOptions, system: System) -> n
     if not fsdp1 and (opts.activation_checkpointing or opts.fsdp_save_mem):
         apply_activation_checkpointing(model)
     return fabric.setup_module(model)
+
+
+def reduce_across_ranks(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """``tensor`` reduced over all ranks ("sum" or "max"), queued on the device: the host does not wait.
+
+    For reductions inside the step. Fabric's ``all_reduce`` first calls ``barrier()``, and an NCCL barrier blocks the
+    host until the GPU has run everything queued; once per step that left the GPU idle while the host launched the
+    next work (docs/benchmarks.md, section 4). Reduces in place; NCCL needs GPU tensors, so a CPU tensor (gradients
+    offloaded with --fsdp_save_mem) goes through this rank's GPU and is copied back with a blocking copy: the CPU
+    code that reads it next (the offloaded optimizer step) must not see it before it arrives. In one process this
+    returns ``tensor`` unchanged.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return tensor
+    reduce_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op]
+    if tensor.device.type != "cuda" and dist.get_backend() == "nccl":
+        on_gpu = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(on_gpu, op=reduce_op)
+        return tensor.copy_(on_gpu)  # blocking device-to-host copy
+    dist.all_reduce(tensor, op=reduce_op)
+    return tensor
+
+
+class RankVote:
+    """Host-side flags every rank must act on at the same step (a stop signal arrived, a timed save is due), true
+    when any rank raised them, without a host synchronization per step.
+
+    Each call casts this step's flags (max-reduced on the device) and returns the verdict on the flags cast ``lag``
+    calls earlier: the GPU finished those long ago, so reading them waits for nothing queued since. Every rank reads
+    the same call's verdict, so all act together, ``lag`` steps after a flag went up. In one process the verdict is
+    the flags themselves, at once. ``clear()`` drops the votes in flight (after a save they are stale); call it at
+    the same step on every rank.
+    """
+
+    def __init__(self, device: torch.device, world_size: int, lag: int = 2):
+        if lag < 1:
+            raise ValueError(f"lag={lag}: must be at least 1 step")
+        self.device, self.world_size, self.lag = device, world_size, lag
+        self._pending: deque = deque()
+
+    def __call__(self, *flags: bool) -> tuple[bool, ...]:
+        if self.world_size == 1:
+            return tuple(bool(f) for f in flags)
+        cuda = self.device.type == "cuda"
+        cast = torch.tensor([float(f) for f in flags], pin_memory=cuda)
+        votes = reduce_across_ranks(cast.to(self.device, non_blocking=True), "max")
+        done = None
+        if cuda:  # copied back into pinned memory behind the all-reduce; the event marks its arrival
+            votes = torch.empty(len(flags), pin_memory=True).copy_(votes, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+        self._pending.append((cast, votes, done))  # `cast` stays alive until its copy to the device has run
+        if len(self._pending) <= self.lag:
+            return (False,) * len(flags)
+        _cast, votes, done = self._pending.popleft()
+        if done is not None:
+            done.synchronize()
+        return tuple(bool(v) for v in votes.tolist())
+
+    def clear(self) -> None:
+        self._pending.clear()
 
 
 def unwrap(model: nn.Module) -> nn.Module:
