@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # FSDP on several GPUs of one host, in three sections (each switched by an env variable, 1 = run):
-#   EQ       (1) exact equivalence of the optimizer steps with 1 GPU on a fixed global batch stream (fp32);
+#   EQ       (1) exact equivalence of the optimizer steps with 1 GPU on a fixed global batch stream (fp32; the
+#                default FSDP version, EQ_FSDP_VERSION=1 for FSDP1);
 #   SCALING  (1) Transformer++ d16 tokens/s per GPU at the same global batch: 1 GPU, then torchrun NPROC GPUs for
 #                each variant in FSDP_VARIANTS (default "full"): a sharding (full, grad_op, hybrid), optionally
 #                "+v1" (--fsdp_version 1: FSDP1's flat parameters; the default is 2, fully_shard), "+v2",

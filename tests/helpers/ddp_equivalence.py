@@ -50,7 +50,7 @@ def main(out_path: str) -> None:
                       vocab_size=VOCAB, base_hps=BaseHyperparameters(d0=2, eta0=0.01, b0=256, warmup_tokens0=256),
                       strategy=os.environ.get("EQ_STRATEGY", "ddp") if world > 1 else "auto", compile=False,
                       precision=os.environ.get("EQ_PRECISION"), guard=os.environ.get("EQ_GUARD", "auto"),
-                      fsdp_version=int(os.environ.get("EQ_FSDP_VERSION", "1")))
+                      fsdp_version=int(os.environ.get("EQ_FSDP_VERSION", RunOptions.fsdp_version)))
     trainer = Trainer(opts)
     trainer.setup(meta={"vocab_size": VOCAB, "eos_id": 0})
     trainer.build()
