@@ -389,6 +389,8 @@ def test_bad_input_gives_one_line_error_and_keeps_checkpoints(case, builtin_data
     (["--guard", "device", "--precision", "16-mixed"], "use --guard host (or auto), or bf16-mixed"),
     (["--fsdp_version", "3"], "--fsdp_version 3 must be 1 or 2"),
     (["--fsdp_version", "2", "--fsdp_sharding", "none"], "use --strategy ddp"),
+    pytest.param(["--strategy", "fsdp", "--fsdp_save_mem", "true"], "use --activation_checkpointing true",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for runs without a GPU")),
 ])
 def test_bad_guard_and_fsdp_options_give_one_line_error(extra, message, capsys):
     line = one_error_line(capsys, main(TINY + ["--dry_run"] + extra))

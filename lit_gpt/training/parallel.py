@@ -56,6 +56,9 @@ def resolve_system(opts: RunOptions) -> System:
     if strategy == "fsdp" and accelerator != "cuda" and opts.fsdp_version == 1:
         raise OptionsError("--strategy fsdp needs CUDA devices with --fsdp_version 1; use --fsdp_version 2 (runs on "
                            "CPU too) or --strategy ddp")
+    if strategy == "fsdp" and accelerator != "cuda" and opts.fsdp_save_mem:
+        raise OptionsError("--fsdp_save_mem offloads FSDP's shards from the GPUs to host memory, and this run has no "
+                           "GPU; drop it (use --activation_checkpointing true for the memory saving that applies here)")
     precision = opts.precision or ("bf16-mixed" if accelerator == "cuda" else "32-true")
     compile_ = accelerator == "cuda" if opts.compile is None else opts.compile
     return System(accelerator, devices, nodes, strategy, precision, compile_)
