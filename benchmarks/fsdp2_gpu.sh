@@ -5,7 +5,7 @@
 #   SCALING  (1) Transformer++ d16 tokens/s per GPU at the same global batch: 1 GPU, then torchrun NPROC GPUs for
 #                each variant in FSDP_VARIANTS (default "full"): a sharding (full, grad_op, hybrid), optionally
 #                "+v1" (--fsdp_version 1: FSDP1's flat parameters; the default is 2, fully_shard), "+v2",
-#                "+prefetch" (FSDP1: --fsdp_forward_prefetch true --fsdp_limit_all_gathers false), "+host_guard"
+#                "+prefetch" (implies +v1: --fsdp_forward_prefetch true --fsdp_limit_all_gathers false), "+host_guard"
 #                (--guard host); G1=0 skips the 1-GPU run; PROFILE=N
 #                also traces N steps of each multi-GPU run and prints where rank 0's time went
 #                (benchmarks/profile_breakdown.py: exposed collectives, idle);
@@ -37,7 +37,7 @@ if [ "${SCALING:-1}" = 1 ]; then
   fi
   for VARIANT in ${FSDP_VARIANTS:-full}; do
     EXTRA="--fsdp_sharding ${VARIANT%%+*}"
-    case "$VARIANT" in *+prefetch*) EXTRA="$EXTRA --fsdp_forward_prefetch true --fsdp_limit_all_gathers false";; esac
+    case "$VARIANT" in *+prefetch*) EXTRA="$EXTRA --fsdp_version 1 --fsdp_forward_prefetch true --fsdp_limit_all_gathers false";; esac
     case "$VARIANT" in *+host_guard*) EXTRA="$EXTRA --guard host";; esac
     case "$VARIANT" in *+v1*) EXTRA="$EXTRA --fsdp_version 1";; esac
     case "$VARIANT" in *+v2*) EXTRA="$EXTRA --fsdp_version 2";; esac

@@ -389,6 +389,8 @@ def test_bad_input_gives_one_line_error_and_keeps_checkpoints(case, builtin_data
     (["--guard", "device", "--precision", "16-mixed"], "use --guard host (or auto), or bf16-mixed"),
     (["--fsdp_version", "3"], "--fsdp_version 3 must be 1 or 2"),
     (["--fsdp_version", "2", "--fsdp_sharding", "none"], "use --strategy ddp"),
+    (["--fsdp_forward_prefetch", "true"], "add --fsdp_version 1"),  # FSDP1's knobs under the FSDP2 default
+    (["--fsdp_limit_all_gathers", "false"], "add --fsdp_version 1"),
     pytest.param(["--strategy", "fsdp", "--fsdp_save_mem", "true"], "use --activation_checkpointing true",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for runs without a GPU")),
 ])

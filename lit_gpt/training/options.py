@@ -140,6 +140,9 @@ class RunOptions:
             raise OptionsError(f"--fsdp_version {self.fsdp_version!r} must be 1 or 2")
         if self.fsdp_version == 2 and self.fsdp_sharding == "none":
             raise OptionsError("--fsdp_sharding none with --fsdp_version 2 shards nothing: use --strategy ddp")
+        if self.fsdp_version == 2 and (self.fsdp_forward_prefetch or not self.fsdp_limit_all_gathers):
+            raise OptionsError("--fsdp_forward_prefetch and --fsdp_limit_all_gathers tune FSDP1 only (FSDP2 prefetches "
+                               "and bounds its all-gathers itself): add --fsdp_version 1, or drop them")
         if self.guard not in ("auto", "host", "device"):
             raise OptionsError(f"--guard {self.guard!r} must be auto, host or device")
         if self.guard == "device" and self.precision == "16-mixed":
