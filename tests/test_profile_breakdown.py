@@ -178,3 +178,24 @@ def test_trace_summary_counts_exposed_collectives(tmp_path):
         plain = tmp_path / "cpu.json"
         plain.write_text(json.dumps({"traceEvents": events[:4]}))
         pb.summarize_trace(plain)
+
+
+def test_trace_summary_times_steps_on_the_device_when_the_host_runs_ahead(tmp_path):
+    """Without a host sync per step the CPU's ProfilerStep ranges end long before their kernels: the step time comes
+    from the device-side copies (2 steps of 10 ms, from 3 ms to 23 ms), and kernels outside the profiled steps (one
+    before, one after) are not counted."""
+    ms = 1000.0
+    cpu = [{"ph": "X", "name": f"ProfilerStep#{i}", "ts": i * 4 * ms, "dur": 4 * ms, "cat": "user_annotation"}
+           for i in range(2)]
+    gpu = [{"ph": "X", "name": f"ProfilerStep#{i}", "ts": (3 + 10 * i) * ms, "dur": 10 * ms,
+            "cat": "gpu_user_annotation"} for i in range(2)]
+    kernels = [{"ph": "X", "cat": "kernel", "name": "nvjet_tst_128x256", "ts": t * ms, "dur": 8 * ms} for t in (3, 13)]
+    kernels += [{"ph": "X", "cat": "kernel", "name": "triton_poi_fused_add", "ts": t * ms, "dur": 1 * ms}
+                for t in (1, 24)]  # the step before and the step after the profiled ones
+    path = tmp_path / "rank0.pt.trace.json"
+    path.write_text(json.dumps({"traceEvents": cpu + gpu + kernels}))
+    s = pb.summarize_trace(path)
+    assert s["steps"] == 2 and s["step_ms"] == 10.0
+    assert s["busy_ms"] == 8.0 and s["idle_ms"] == 2.0
+    assert set(s["categories"]) == {"gemm"}
+    assert s["idle_gaps"] == [dict(ms=2.0, before="nvjet_tst_128x256", after="nvjet_tst_128x256")]
