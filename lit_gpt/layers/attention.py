@@ -45,30 +45,36 @@ FLEX_MAX_VALUE_WIDTH = 128
 def choose_impl(q: torch.Tensor, v: torch.Tensor, *, window: Optional[int], doc_ids: Optional[torch.Tensor],
                 impl: Optional[str] = None) -> str:
     """The backend for a training-layout call (Tq == Tk, queries at the keys' positions)."""
-    T = q.shape[2]
+    return _pick_backend(q.shape[2], window, doc_ids is not None, v.shape[-1], q.is_cuda, flash_supports(q, v),
+                         torch.is_grad_enabled() and q.requires_grad, impl)
+
+
+def _pick_backend(T: int, window: Optional[int], has_docs: bool, value_width: int, on_cuda: bool, flash_ok: bool,
+                  needs_grad: bool, impl: Optional[str]) -> str:
+    """``choose_impl``'s rule on plain values, so that ``flex_masks`` can ask it before any tensor exists."""
     if window is not None and window >= T:
         window = None  # the window does not bind
     impl = impl or os.environ.get(ENV_VAR) or None
     if impl is not None:
         if impl not in IMPLS:
             raise ValueError(f"{ENV_VAR}/impl must be one of {', '.join(IMPLS)}, got {impl!r}")
-        if impl == "flash" and not flash_supports(q, v):
+        if impl == "flash" and not flash_ok:
             raise RuntimeError("attention impl 'flash' needs flash-attn installed, CUDA tensors and fp16/bf16")
         if impl == "block_local" and window is None:
-            return "sdpa" if doc_ids is None else "reference"
-        if impl == "sdpa" and (window is not None or doc_ids is not None):
+            return "sdpa" if not has_docs else "reference"
+        if impl == "sdpa" and (window is not None or has_docs):
             return "reference"
-        if impl == "flex" and (not flex_available() or (not q.is_cuda and torch.is_grad_enabled() and q.requires_grad)):
+        if impl == "flex" and (not flex_available() or (not on_cuda and needs_grad)):
             return "reference"  # CPU Flex has no backward
         return impl
-    if window is None and doc_ids is None:
-        return "flash" if flash_supports(q, v) else "sdpa"
-    if q.is_cuda:
-        if flash_supports(q, v):
+    if window is None and not has_docs:
+        return "flash" if flash_ok else "sdpa"
+    if on_cuda:
+        if flash_ok:
             return "flash"
-        if window is not None and (window <= BLOCK_LOCAL_MAX_WINDOW_CUDA or v.shape[-1] > FLEX_MAX_VALUE_WIDTH):
+        if window is not None and (window <= BLOCK_LOCAL_MAX_WINDOW_CUDA or value_width > FLEX_MAX_VALUE_WIDTH):
             return "block_local"
-        if doc_ids is not None and window is None and v.shape[-1] > FLEX_MAX_VALUE_WIDTH:
+        if has_docs and window is None and value_width > FLEX_MAX_VALUE_WIDTH:
             return "reference"
         return "flex" if flex_available() else "reference"
     # CPU and others: the tiled path wins once the sequence spans a few windows; else the explicit mask
@@ -107,27 +113,22 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float
 
 
 def flex_masks(config: Config, T: int, doc_ids: Optional[torch.Tensor], device: torch.device) -> dict:
-    """The Flex block masks the attention layers of ``config`` may use for a training-layout call over T tokens,
-    by layer window. Built where Flex can be chosen (CUDA without flash-attn, or LITSCALE_ATTN_IMPL=flex) and only
-    for what plain causal SDPA does not serve (a binding window, documents); differential attention's values
-    (2 x head_size wide) take Flex only up to FLEX_MAX_VALUE_WIDTH. Without documents the masks are cached."""
-    forced = os.environ.get(ENV_VAR)
-    if not flex_available() or (forced or "flex") != "flex" or (forced is None and device.type != "cuda"):
-        return {}
-    if forced is None and flash_attn_available():
-        return {}
+    """The Flex block masks the attention layers of ``config`` will use for a training-layout call over T tokens,
+    by layer window: built wherever ``choose_impl``'s rule picks Flex for a layer. Two things are not known before
+    the layers run and are assumed: the compute dtype suits flash-attn when it is installed (autocast), and the
+    call may skip Flex on CPU for gradients (a mask built then goes unused). Without documents the masks are
+    cached."""
+    flash_ok = device.type == "cuda" and flash_attn_available()
     out = {}
     for spec in config.layer_plan():
         if spec.mixer not in ("attention", "cross_attention") or spec.window in out:
             continue
-        if spec.diff_attn and forced is None and 2 * config.head_size > FLEX_MAX_VALUE_WIDTH:
-            continue  # the tiled SDPA path serves wide values
-        window = spec.window if spec.window is not None and spec.window < T else None
-        if window is None and doc_ids is None and forced is None:
-            continue  # plain causal: SDPA
-        if forced is None and window is not None and window <= BLOCK_LOCAL_MAX_WINDOW_CUDA:
-            continue  # the tiled SDPA path serves it
-        out[spec.window] = flex_block_mask(T, window, doc_ids, device)
+        width = config.head_size * (2 if spec.diff_attn else 1)  # differential attention's values are 2 heads wide
+        backend = _pick_backend(T, spec.window, doc_ids is not None, width, device.type == "cuda", flash_ok,
+                                needs_grad=False, impl=None)
+        if backend == "flex":
+            window = spec.window if spec.window is not None and spec.window < T else None
+            out[spec.window] = flex_block_mask(T, window, doc_ids, device)
     return out
 
 
