@@ -54,6 +54,15 @@ def guard_on_device(opts: RunOptions, system: System) -> bool:
             and system.precision != "16-mixed")
 
 
+def adamw_class(opts: RunOptions, system: System) -> type[torch.optim.AdamW]:
+    """torch's fused AdamW, or the same optimizer with its CUDA step in Triton (RunOptions.adamw_kernel)."""
+    if opts.adamw_kernel == "torch" or (opts.adamw_kernel == "auto" and system.accelerator != "cuda"):
+        return torch.optim.AdamW
+    from lit_gpt.kernels.adamw import TritonAdamW
+
+    return TritonAdamW
+
+
 def clean_name(name: str) -> str:
     for prefix in WRAPPER_PREFIXES:
         name = name.replace(prefix, "")
@@ -148,7 +157,8 @@ class Trainer:
         self.guard_on_device = guard_on_device(opts, system)
         # the fused AdamW (CUDA, and CPU since torch 2.4) clips and skips inside its own kernel (--guard device)
         fused = system.accelerator == "cuda" or self.guard_on_device
-        optimizer = torch.optim.AdamW(groups, lr=self.plan.lr, betas=self.plan.betas, eps=self.plan.eps, fused=fused)
+        optimizer = adamw_class(opts, system)(groups, lr=self.plan.lr, betas=self.plan.betas, eps=self.plan.eps,
+                                              fused=fused)
         self.optimizer = self.fabric.setup_optimizers(optimizer)
         self.peak_flops = device_peak_flops(self.fabric.device)
 

@@ -90,6 +90,9 @@ class RunOptions:
     # step; skipped steps are reported, and --max_skips checked, at log steps); "host" = one sync per step (needed
     # by --spike_threshold and 16-mixed's GradScaler); "auto" = device on CUDA unless one of those, else host
     guard: str = "auto"
+    # the AdamW kernel: "triton" = lit_gpt/kernels/adamw.py (one streaming kernel per parameter; plain CUDA
+    # tensors, else it hands the step to torch's); "torch" = torch's fused multi-tensor AdamW; "auto" = triton on CUDA
+    adamw_kernel: str = "auto"
     spike_threshold: Optional[float] = None  # skip a step whose loss exceeds threshold x moving average
     max_skips: int = 20  # within the last 100 steps, then stop with a checkpoint
     dry_run: bool = False
@@ -143,6 +146,8 @@ class RunOptions:
         if self.fsdp_version == 2 and (self.fsdp_forward_prefetch or not self.fsdp_limit_all_gathers):
             raise OptionsError("--fsdp_forward_prefetch and --fsdp_limit_all_gathers tune FSDP1 only (FSDP2 prefetches "
                                "and bounds its all-gathers itself): add --fsdp_version 1, or drop them")
+        if self.adamw_kernel not in ("auto", "torch", "triton"):
+            raise OptionsError(f"--adamw_kernel {self.adamw_kernel!r} must be auto, torch or triton")
         if self.guard not in ("auto", "host", "device"):
             raise OptionsError(f"--guard {self.guard!r} must be auto, host or device")
         if self.guard == "device" and self.precision == "16-mixed":
