@@ -160,7 +160,11 @@ def collect(prof, cuda: bool) -> tuple[list[tuple[str, float, str]], float, floa
             continue
         start, end = d.time_range.start, d.time_range.end
         owners = launchers.get((d.name, end - start))
-        rows.append((d.name, end - start, phase_of(_ancestors(owners.pop())) if owners else "unattributed"))
+        if owners:
+            phase = phase_of(_ancestors(owners.pop()))
+        else:  # Triton kernels launched by our own code (not an aten op) have no launching op in the profile
+            phase = "optimizer" if any(k in d.name for k in OPTIMIZER) else "unattributed"
+        rows.append((d.name, end - start, phase))
         spans.append((start, end))
     return rows, union_us(spans), flops
 

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Runs in a subprocess (TRITON_INTERPRET must be set before triton is imported) and also, unchanged, on CUDA.
 _PARITY_SCRIPT = textwrap.dedent(r"""
-    import json, os, sys
+    import copy, json, os, sys
     sys.path.insert(0, sys.argv[1])
     device = sys.argv[2]
     import torch
@@ -74,9 +74,19 @@ _PARITY_SCRIPT = textwrap.dedent(r"""
         result["steps_" + tol_key] = sorted({float(tri.state[p]["step"]) for p in tri_p}
                                             | {float(ref.state[p]["step"]) for p in ref_p})
         # state_dicts interchange: torch's state continues in TritonAdamW exactly as in torch's AdamW
-        moved = adamw.TritonAdamW(groups(tri_p), betas=(0.9, 0.95), eps=1e-8, fused=True)
-        moved.load_state_dict(ref.state_dict())
+        moved_p = [torch.nn.Parameter(p.detach().clone()) for p in ref_p]
+        moved = adamw.TritonAdamW(groups(moved_p), betas=(0.9, 0.95), eps=1e-8, fused=True)
+        moved.load_state_dict(copy.deepcopy(ref.state_dict()))  # as from a checkpoint: no tensors shared
         result["same_state_keys"] = sorted(moved.state_dict()["state"][0]) == sorted(ref.state_dict()["state"][0])
+        grads = [torch.randn(p.shape, generator=gen).to(device, dtype) for p in ref_p]
+        for ps in (ref_p, moved_p):
+            for p, g in zip(ps, grads):
+                p.grad = g.clone()
+        ref.grad_scale = ref.found_inf = None  # the loop armed them for its last step only
+        ref.step()
+        moved.step()
+        result["resumed_rel_diff_" + tol_key] = max(
+            ((a.float() - b.float()).abs().max() / b.float().abs().max()).item() for a, b in zip(moved_p, ref_p))
     if device == "cpu":  # FSDP2's parameters are DTensors: the kernel updates their local shards
         import torch.distributed as dist
         from torch.distributed.device_mesh import init_device_mesh
@@ -133,7 +143,7 @@ def test_triton_adamw_matches_torch_fused_in_the_interpreter(tmp_path):
     assert r["triton_calls"] > 0, "no tensor took the Triton kernel"
     assert r["max_rel_diff_float32"] < 1e-5 and r["state_rel_diff_float32"] < 1e-5, r
     assert r["steps_float32"] == [4.0], r  # five steps, the non-finite one skipped and not counted
-    assert r["same_state_keys"]
+    assert r["same_state_keys"] and r["resumed_rel_diff_float32"] < 1e-5, r
     assert r["dtensor_triton_calls"] > 0 and r["dtensor_rel_diff"] < 1e-5, r
 
 
@@ -182,4 +192,5 @@ def test_triton_adamw_matches_torch_fused_on_cuda(tmp_path):
     assert r["triton_calls"] > 0
     assert r["max_rel_diff_float32"] < 1e-5 and r["state_rel_diff_float32"] < 1e-5, r
     assert r["max_rel_diff_bfloat16"] < 2e-2, r  # one bf16 rounding of the update may differ
+    assert r["resumed_rel_diff_float32"] < 1e-5, r
     assert r["steps_float32"] == [4.0] and r["steps_bfloat16"] == [4.0], r

@@ -119,11 +119,12 @@ def test_collect_cuda_counts_each_device_event_once():
     events = [head, mm, bwd, mm2,
               _event("nvjet_x", cuda, 100, 110), _event("nvjet_x", cuda, 105, 115),  # overlapping streams
               _event(pb.HEAD_MARK, cuda, 100, 140, annotation=True),  # a GPU user annotation: not a kernel
-              _event("Memset (Device)", cuda, 200, 203)]  # no CPU op claims it
+              _event("Memset (Device)", cuda, 200, 203),  # no CPU op claims it
+              _event("adamw_step", cuda, 300, 310)]  # TritonAdamW's kernel: no aten op launched it
     rows, busy, flops = pb.collect(SimpleNamespace(events=lambda: events), cuda=True)
     assert sorted(rows) == sorted([("nvjet_x", 10.0, "head_ce"), ("nvjet_x", 10.0, "backward"),
-                                   ("Memset (Device)", 3.0, "unattributed")])
-    assert busy == 18.0 and flops == 2000.0
+                                   ("Memset (Device)", 3.0, "unattributed"), ("adamw_step", 10.0, "optimizer")])
+    assert busy == 28.0 and flops == 2000.0
 
 
 def test_cpu_smoke_profile_mode(tmp_path, monkeypatch):
