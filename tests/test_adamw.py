@@ -187,6 +187,7 @@ def test_adamw_kernel_option_picks_the_optimizer():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 def test_triton_adamw_matches_torch_fused_on_cuda(tmp_path):
     r = _run_parity(tmp_path, "cuda")
     assert r["triton_calls"] > 0

@@ -86,6 +86,27 @@ def test_resume_reproduces_uninterrupted_run(builtin_data, tmp_path):
     assert_same_run(full, resumed, range(7, 13))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
+def test_gpu_resume_with_triton_adamw_reproduces_uninterrupted_run(builtin_data, tmp_path, monkeypatch):
+    """On CUDA the optimizer step is TritonAdamW's kernel (every tensor here, the size floor lowered); its state goes
+    through the checkpoint and the resumed run matches the uninterrupted one."""
+    import lit_gpt.kernels.adamw as adamw
+
+    monkeypatch.setattr(adamw, "MIN_TRITON_NUMEL", 1)
+    launches = []
+    original = adamw.adamw_step_
+    monkeypatch.setattr(adamw, "adamw_step_", lambda *a, **k: launches.append(1) or original(*a, **k))
+    common = TINY + ["--train_data_dir", builtin_data, "--max_steps", "12", "--log_step", "1", "--eval_step", "100",
+                     "--save_step", "6", "--precision", "32-true", "--adamw_kernel", "triton"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    assert main(common + ["--out_dir", str(full)]) == 0
+    assert launches, "the Triton kernel did not run"
+    resume_from(full, resumed, 6)
+    assert main(common + ["--out_dir", str(resumed), "--resume", "auto"]) == 0
+    assert_same_run(full, resumed, range(7, 13))
+
+
 @pytest.mark.slow
 def test_fsdp2_resume_reproduces_uninterrupted_run(builtin_data, tmp_path):
     """FSDP2 on 2 CPU ranks (gloo): sharded weights and AdamW states go through the full-state checkpoint and come
