@@ -23,10 +23,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def build_params(train_model: str, depth: int, device: torch.device, seed: int = 0):
+def build_params(train_model: str, depth: int, device: torch.device, seed: int = 0, ar=None):
     from lit_gpt.config import Config
 
-    config = Config.from_arch(train_model, depth)
+    config = Config.from_arch(train_model, depth, ar=ar)
     with torch.device("meta"):
         from lit_gpt.model import GPT
 
@@ -82,6 +82,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train_model", default="transformer")
     ap.add_argument("--depth", type=int, default=16)
+    ap.add_argument("--ar", type=int, default=None, help="aspect ratio (width per layer) for a smaller model")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--cpu", action="store_true", help="tiny smoke test on CPU (set TRITON_INTERPRET=1)")
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
-    config, named, grads = build_params(args.train_model, args.depth, device)
+    config, named, grads = build_params(args.train_model, args.depth, device, ar=args.ar)
     n = sum(p.numel() for _, p in named)
     bytes_moved = 28 * n
     rows, finals = [], {}

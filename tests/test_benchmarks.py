@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import math
 import subprocess
 import sys
@@ -145,6 +146,23 @@ def test_parse_variant_tokens():
     assert (v.ce, v.guard, v.compile, v.ac) == ("chunked", False, "none", True)
     with pytest.raises(SystemExit):
         throughput.parse_variant("fast+warp_speed", compile_default=True, ac_default=False)
+    assert throughput.parse_variant("base", compile_default=True, ac_default=False).adamw == "auto"
+    assert throughput.parse_variant("torch_adamw", compile_default=True, ac_default=False).adamw == "torch"
+    assert throughput.parse_variant("fast+triton_adamw", compile_default=True, ac_default=False).adamw == "triton"
+
+
+def test_cpu_smoke_optimizer_benchmark(tmp_path):
+    """benchmarks/optimizer.py on CPU (no interpreter: TritonAdamW takes torch's step, so the rows agree exactly)."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("the interpreter would run the kernel: minutes")
+    from benchmarks import optimizer
+
+    out = tmp_path / "opt.json"
+    assert optimizer.main(["--cpu", "--train_model", "sambay", "--depth", "4", "--ar", "8", "--steps", "2",
+                           "--warmup", "1", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert [r["optimizer"] for r in data["rows"]] == ["torch_fused", "triton"]
+    assert data["params"] > 0 and data["max_rel_diff"] == 0.0
 
 
 def test_expand_kv_patch_keeps_the_loss():
