@@ -109,9 +109,10 @@ def main(argv=None) -> int:
     adamw.BLOCK, adamw.WARPS = default_launch
     diff = max(float(((a - b).abs().max() / b.abs().max().clamp_min(1e-30))) for name in finals
                for a, b in zip(finals[name], finals["torch_fused"]))
-    result = {"benchmark": "optimizer", "train_model": args.train_model, "depth": args.depth, "params": n,
-              "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
-              "date": time.strftime("%Y-%m-%d"), "steps": args.steps, "rows": rows, "max_rel_diff": diff}
+    from benchmarks.timing import environment
+
+    result = {"benchmark": "optimizer", **environment(device), "train_model": args.train_model, "depth": args.depth,
+              "params": n, "steps": args.steps, "rows": rows, "max_rel_diff": diff}
     for r in rows:
         print(f"{r['optimizer']:18s} {r['ms']:9.3f} ms  host {r['host_ms']:7.3f} ms  {r['TB_per_s']:6.3f} TB/s "
               f"({n:,} params, 28 B each)")
