@@ -203,8 +203,9 @@ def profile_steps(step: Callable[[], Any], steps: int, device: torch.device, *, 
         with profile(activities=activities, with_flops=True) as prof:
             sync()
             t0 = time.perf_counter()
-            for _ in range(steps):
-                step()
+            for i in range(steps):
+                with torch.profiler.record_function(f"ProfilerStep#{i}"):  # step ranges for summarize_trace
+                    step()
             sync()
             wall_us = (time.perf_counter() - t0) * 1e6
     rows, busy_us, mm_flops = collect(prof, cuda)
@@ -231,6 +232,8 @@ def profile_steps(step: Callable[[], Any], steps: int, device: torch.device, *, 
             shutil.copyfileobj(src, dst)
         trace.unlink()
         out["trace"] = f"{trace}.gz"
+        if cuda:  # where the GPU waited: the longest stretches without a kernel, from the device timeline
+            out["idle_gaps"] = summarize_trace(out["trace"], gaps=8)["idle_gaps"]
         (path / f"{stem}_profile.json").write_text(json.dumps(out, indent=2))
     print(format_breakdown(out), flush=True)
     return out
@@ -260,6 +263,8 @@ def format_breakdown(b: dict[str, Any]) -> str:
                      f"{k['mean_us']:>10.1f}")
     if b.get("trace"):
         lines.append(f"(d) chrome trace: {b['trace']}")
+    for g in b.get("idle_gaps", []):
+        lines.append(f"    idle gap {g['ms']:8.3f} ms after {g['before'][:60]} | before {g['after'][:60]}")
     return "\n".join(lines)
 
 

@@ -200,3 +200,14 @@ def test_trace_summary_times_steps_on_the_device_when_the_host_runs_ahead(tmp_pa
     assert s["busy_ms"] == 8.0 and s["idle_ms"] == 2.0
     assert set(s["categories"]) == {"gemm"}
     assert s["idle_gaps"] == [dict(ms=2.0, before="nvjet_tst_128x256", after="nvjet_tst_128x256")]
+
+
+def test_breakdown_lists_idle_gaps_when_the_trace_has_them():
+    """throughput.py --profile_dir: the step's idle gaps (from its exported trace) print under the breakdown."""
+    b = pb.breakdown([("nvjet_a", 600.0, "forward")], 1)
+    b.update(name="base", device="cuda", steps=1, tokens_per_step=8, step_ms_unprofiled=1.0, wall_ms=1.0, busy_ms=0.6,
+             idle_ms=0.4, mfu_if_never_idle=None, gemm=dict(flops_profiler=0, flops_analytic=0, tflops_profiler=None,
+                                                             tflops_analytic=None),
+             trace="t.json.gz", idle_gaps=[dict(ms=0.4, before="adamw_step", after="triton_red_fused_0")])
+    text = pb.format_breakdown(b)
+    assert "idle gap    0.400 ms after adamw_step | before triton_red_fused_0" in text
