@@ -109,23 +109,16 @@ def adamw_step_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, 
     n = param.numel()
     if n == 0:
         return
-    _KERNEL[(triton_cdiv(n, BLOCK),)](param, grad, exp_avg, exp_avg_sq, n, step,
-                                      step if grad_scale is None else grad_scale,
-                                      step if found_inf is None else found_inf,
-                                      float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
-                                      HAS_SCALE=grad_scale is not None, HAS_INF=found_inf is not None, BLOCK=BLOCK,
-                                      num_warps=WARPS)
-
-
-def triton_cdiv(n: int, d: int) -> int:
-    return (n + d - 1) // d
+    _KERNEL[((n + BLOCK - 1) // BLOCK,)](param, grad, exp_avg, exp_avg_sq, n, step,
+                                         step if grad_scale is None else grad_scale,  # unread when absent
+                                         step if found_inf is None else found_inf,
+                                         float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
+                                         HAS_SCALE=grad_scale is not None, HAS_INF=found_inf is not None,
+                                         BLOCK=BLOCK, num_warps=WARPS)
 
 
 class TritonAdamW(torch.optim.AdamW):
     """``torch.optim.AdamW(fused=True)`` with the CUDA step in Triton (module docstring)."""
-
-    def __init__(self, params: Any, *args: Any, fused: Optional[bool] = None, **kwargs: Any) -> None:
-        super().__init__(params, *args, fused=fused, **kwargs)
 
     def _triton_usable(self) -> bool:
         for group in self.param_groups:
