@@ -194,7 +194,7 @@ def run_ours(args: argparse.Namespace, variant: Variant, work_dir: Path) -> dict
                       out_dir=str(out_dir), train_data_dir=str(out_dir), devices=1, strategy="single",
                       precision=args.precision, compile=variant.compile == "blocks",
                       activation_checkpointing=variant.ac, skip_nonfinite=variant.guard, guard=variant.guard_on,
-                      adamw_kernel=variant.adamw,                      seed=args.seed, num_workers=0)
+                      adamw_kernel=variant.adamw, seed=args.seed, num_workers=0)
     with contextlib.ExitStack() as stack:
         stack.enter_context(env_var("LITSCALE_CE_IMPL", variant.ce))
         stack.enter_context(expanded_kv(variant.expand_kv))

@@ -90,8 +90,9 @@ class RunOptions:
     # step; skipped steps are reported, and --max_skips checked, at log steps); "host" = one sync per step (needed
     # by --spike_threshold and 16-mixed's GradScaler); "auto" = device on CUDA unless one of those, else host
     guard: str = "auto"
-    # the AdamW kernel: "triton" = lit_gpt/kernels/adamw.py (one streaming kernel per parameter; plain CUDA
-    # tensors, else it hands the step to torch's); "torch" = torch's fused multi-tensor AdamW; "auto" = triton on CUDA
+    # the AdamW kernel: "triton" = lit_gpt/kernels/adamw.py (one streaming kernel per large parameter on the GPU;
+    # small tensors, and every step off the GPU, go to torch's); "torch" = torch's fused multi-tensor AdamW;
+    # "auto" = triton on CUDA
     adamw_kernel: str = "auto"
     spike_threshold: Optional[float] = None  # skip a step whose loss exceeds threshold x moving average
     max_skips: int = 20  # within the last 100 steps, then stop with a checkpoint
