@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def build_params(train_model: str, depth: int, device: torch.device, seed: int = 0, ar=None):
+    """(name, parameter) pairs and gradients of the model's shapes, random, on ``device``."""
     from lit_gpt.config import Config
 
     config = Config.from_arch(train_model, depth, ar=ar)
@@ -34,17 +35,21 @@ def build_params(train_model: str, depth: int, device: torch.device, seed: int =
     gen = torch.Generator(device="cpu").manual_seed(seed)
     params = [(n, torch.randn(s, generator=gen).mul_(0.02).to(device)) for n, s in shapes]
     grads = [torch.randn(s, generator=gen).mul_(1e-3).to(device) for _, s in shapes]
-    return config, params, grads
+    return params, grads
 
 
 def groups_of(named):
-    vector = [p for n, p in named if p.ndim < 2]
-    matrix = [p for n, p in named if p.ndim >= 2]
+    """Two groups split by the μP rule's own classification (lit_gpt.scaling.param_groups), with fixed lr/decay."""
+    from lit_gpt.scaling import is_vector_like
+
+    vector = [p for n, p in named if is_vector_like(n)]
+    matrix = [p for n, p in named if not is_vector_like(n)]
     return [{"params": matrix, "weight_decay": 0.1, "lr": 1e-3}, {"params": vector, "weight_decay": 0.0, "lr": 2e-3}]
 
 
 def run(kind: str, named, grads, steps: int, warmup: int, device: torch.device):
     from lit_gpt.kernels.adamw import TritonAdamW
+    from lit_gpt.kernels.fused_ops import clip_and_guard_
 
     named = [(n, torch.nn.Parameter(p.clone())) for n, p in named]
     for (_, p), g in zip(named, grads):
@@ -56,9 +61,7 @@ def run(kind: str, named, grads, steps: int, warmup: int, device: torch.device):
     for i in range(warmup + steps):
         for (_, p), g in zip(named, grads):  # fresh gradients each step, as in training (torch's kernel unscales
             p.grad.copy_(g)                   # .grad in place, this one does not)
-        norm = torch.nn.utils.get_total_norm([p.grad for _, p in named], foreach=True)
-        opt.grad_scale = torch.clamp((norm + 1e-6) / 1.0, min=1.0)
-        opt.found_inf = (~torch.isfinite(norm)).float()
+        clip_and_guard_(opt, [p for _, p in named], 1.0)  # armed as the Trainer arms it (--guard device)
         if cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -91,7 +94,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
-    config, named, grads = build_params(args.train_model, args.depth, device, ar=args.ar)
+    named, grads = build_params(args.train_model, args.depth, device, ar=args.ar)
     n = sum(p.numel() for _, p in named)
     bytes_moved = 28 * n
     rows, finals = [], {}
