@@ -37,7 +37,7 @@ def _constexprs(kind: str, cfg: dict, d_state: int, reset: bool) -> dict[str, An
     from lit_gpt.kernels import selective_scan_triton as st
 
     common = dict(NP=max(1, 1 << (d_state - 1).bit_length()), HAS_D=True, HAS_BIAS=True, HAS_RESET=reset,
-                  SOFTPLUS=True)
+                  SOFTPLUS=st._softplus_mode(True))
     if kind == "fwd":
         return dict(common, BLOCK_D=cfg["FWD_BLOCK_D"], CKPT_STEPS=cfg["CKPT_STEPS"], EVEN_D=True,
                     EVEN_N=common["NP"] == d_state, HAS_H0=False, SUMMARY=False)

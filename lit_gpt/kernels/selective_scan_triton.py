@@ -66,6 +66,8 @@ CONFIG = {
     # one extra pass over the data): 0 = automatic (aim at SEG_WARPS_PER_SM resident warps), else forced.
     "SEGMENTS": _env_int("LITSCALE_SCAN_SEGMENTS", 0),
     "SEG_WARPS_PER_SM": _env_int("LITSCALE_SCAN_SEG_WARPS_PER_SM", 8),
+    # softplus of dt with the special-function unit's approximate log (0: the precise log; see _softplus)
+    "FAST_SOFTPLUS": _env_int("LITSCALE_SCAN_FAST_SOFTPLUS", 1),
 }
 
 
@@ -110,9 +112,18 @@ def _n_ckpt(T):
 # kernels
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def _softplus(z):
-    # log(1 + exp(z)); exp(z) for very negative z (log1p accuracy), z for large z.
-    return tl.where(z > 20.0, z, tl.where(z < -15.0, tl.exp(z), tl.log(1.0 + tl.exp(z))))
+def _softplus(z, FAST: tl.constexpr):
+    """log(1 + e^z): z for large z; for e^z < 1/32 the series of log1p to e^4 (relative error < 2e-7, where
+    log(1 + e^z) in fp32 loses the low bits of e^z); else the log of 1 + e^z, which with FAST is the special-function
+    unit's approximate log (MUFU.LG2; relative error < 6e-6 on this branch) instead of the ≈ 20-instruction precise
+    one: a third of the forward's per-step instructions were these logs (docs/benchmarks.md, section 3)."""
+    e = tl.exp(z)
+    if FAST:
+        big = tl.extra.cuda.libdevice.fast_logf(1.0 + e)
+    else:
+        big = tl.log(1.0 + e)
+    small = e * (1.0 + e * (-0.5 + e * (0.3333333333333333 - 0.25 * e)))
+    return tl.where(z > 20.0, z, tl.where(e < 0.03125, small, big))
 
 
 @triton.jit
@@ -154,7 +165,7 @@ def _load_tile(x_ptr, dt_ptr, B_ptr, C_ptr, reset_ptr, A, bias, base_xd, base_bn
     if HAS_BIAS:
         z = z + bias[None, :]
     if SOFTPLUS:
-        delta = _softplus(z)
+        delta = _softplus(z, SOFTPLUS == 2)
     else:
         delta = z
     delta = tl.where(m2, delta, 0.0)  # padding: a = 1, u = 0 (state passes through unchanged)
@@ -206,7 +217,7 @@ def _state_step(h, x, z, Bc, A, bias, r_ptr, HAS_BIAS: tl.constexpr, HAS_RESET: 
     if HAS_BIAS:
         z = z + bias
     if SOFTPLUS:
-        delta = _softplus(z)
+        delta = _softplus(z, SOFTPLUS == 2)
     else:
         delta = z
     if A_IN_LOG2:
@@ -459,6 +470,14 @@ def _maxnreg(n: int) -> dict:
     return {"maxnreg": n} if n > 0 else {}  # only when set: the interpreter takes no such option
 
 
+def _softplus_mode(dt_softplus: bool) -> int:
+    """The kernels' SOFTPLUS: 0 none, 1 with the precise log, 2 with the approximate one (GPU; the interpreter
+    has no libdevice)."""
+    if not dt_softplus:
+        return 0
+    return 2 if CONFIG["FAST_SOFTPLUS"] and os.environ.get("TRITON_INTERPRET", "0") != "1" else 1
+
+
 def _np2(n: int) -> int:
     return max(1, triton.next_power_of_2(n))
 
@@ -488,7 +507,7 @@ def _scan_fwd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optiona
     args = (x, dt, _states_last(A), B, C, D if D is not None else x, dt_bias if dt_bias is not None else x,
             reset.view(torch.uint8) if reset is not None else x)
     meta = dict(NP=_np2(ns), BLOCK_D=cfg["FWD_BLOCK_D"], HAS_D=D is not None,
-                HAS_BIAS=dt_bias is not None, HAS_RESET=reset is not None, SOFTPLUS=dt_softplus,
+                HAS_BIAS=dt_bias is not None, HAS_RESET=reset is not None, SOFTPLUS=_softplus_mode(dt_softplus),
                 num_warps=cfg["FWD_WARPS"], **_maxnreg(cfg["FWD_MAXNREG"]))
     kernel = _scan_fwd_step_kernel
     meta.update(CKPT_STEPS=cfg["CKPT_STEPS"], EVEN_D=dim % cfg["FWD_BLOCK_D"] == 0, EVEN_N=ns == _np2(ns))
@@ -567,7 +586,7 @@ def _scan_bwd(gy: Tensor, g_final: Optional[Tensor], x: Tensor, dt: Tensor, A: T
             _scan_bwd_summary_kernel[(b, n_dblk, n_seg - 1)](
                 dt, A_k, C, dt_bias if dt_bias is not None else x, rst, gy, sumQ, sumP, T, dim, ns, seg_len, n_seg, 1,
                 NP=np2, BLOCK_T=cfg["BWD_BLOCK_T"], BLOCK_D=cfg["BWD_BLOCK_D"], HAS_BIAS=dt_bias is not None,
-                HAS_RESET=reset is not None, SOFTPLUS=dt_softplus, num_warps=cfg["BWD_WARPS"])
+                HAS_RESET=reset is not None, SOFTPLUS=_softplus_mode(dt_softplus), num_warps=cfg["BWD_WARPS"])
             gT = torch.empty_like(sumQ)
             q = _states_last(g_final) if g_final is not None else torch.zeros(b, ns, dim, device=dev, dtype=f32)
             gT[:, n_seg - 1] = q
@@ -584,7 +603,7 @@ def _scan_bwd(gy: Tensor, g_final: Optional[Tensor], x: Tensor, dt: Tensor, A: T
             dx, ddt, dA_part, dB, dC, dD_part, db_part, dh0_k if want_dh0 else dA_part,
             T, dim, ns, n_ckpt, seg_len, n_seg, 1,
             NP=np2, BLOCK_D=cfg["BWD_BLOCK_D"], HAS_D=D is not None, HAS_BIAS=dt_bias is not None,
-            HAS_RESET=reset is not None, HAS_GT=gT is not None, WANT_DH0=want_dh0, SOFTPLUS=dt_softplus,
+            HAS_RESET=reset is not None, HAS_GT=gT is not None, WANT_DH0=want_dh0, SOFTPLUS=_softplus_mode(dt_softplus),
             num_warps=cfg["BWD_WARPS"], BLOCK_T=cfg["BWD_BLOCK_T"], CKPT_TILES=tiles, **_maxnreg(cfg["BWD_MAXNREG"]))
         dA = _states_first(dA_part.sum(0)).to(A.dtype)
         if want_dh0:
