@@ -114,9 +114,10 @@ def _n_ckpt(T):
 @triton.jit
 def _softplus(z, FAST: tl.constexpr):
     """log(1 + e^z): z for large z; for e^z < 1/32 the series of log1p to e^4 (relative error < 2e-7, where
-    log(1 + e^z) in fp32 loses the low bits of e^z); else the log of 1 + e^z, which with FAST is the special-function
-    unit's approximate log (MUFU.LG2; relative error < 6e-6 on this branch) instead of the ≈ 20-instruction precise
-    one: a third of the forward's per-step instructions were these logs (docs/benchmarks.md, section 3)."""
+    log(1 + e^z) in fp32 loses the low bits of e^z); else the log of 1 + e^z (relative error < 2e-6 from the fp32
+    rounding of 1 + e^z), which with FAST is the special-function unit's approximate log (MUFU.LG2; < 1e-5) instead
+    of the ≈ 20-instruction precise one: a third of the forward's per-step instructions were these logs
+    (docs/benchmarks.md, section 3)."""
     e = tl.exp(z)
     if FAST:
         big = tl.extra.cuda.libdevice.fast_logf(1.0 + e)
