@@ -21,6 +21,8 @@ guard, ``optimizer.step``, ``zero_grad``). A variant is a ``+``-joined set of to
     fast           = fused_ce+fused_clip
     torch_adamw    torch's fused multi-tensor AdamW;  triton_adamw: kernels/adamw.py (``--adamw_kernel``; auto = triton
                    on CUDA)
+    forward_cast   autocast casts the fp32 weights at every forward;  optimizer_cast: the Triton AdamW writes bf16
+                   working copies (``--weight_cast``; auto = optimizer on CUDA)
 
 ``hf_llama`` in ``--variants`` (or ``--peer hf_llama``, appended last) runs the peer in the same process after our
 model is freed. Results print as a table and as JSON lines; ``--json`` keeps them all (rewritten after each).
@@ -56,7 +58,7 @@ from benchmarks.hf_llama_peer import PEAK_BF16, anchor_flops_per_token  # noqa: 
 from benchmarks.timing import environment, peak_memory_gb, time_steps  # noqa: E402
 
 TOKENS = ("base", "host_guard", "no_guard", "fused_ce", "dense_ce", "chunked_ce", "fused_clip", "expand_kv", "cudnn_attn",
-          "model_compile", "no_compile", "ac", "fast", "torch_adamw", "triton_adamw")
+          "model_compile", "no_compile", "ac", "fast", "torch_adamw", "triton_adamw", "forward_cast", "optimizer_cast")
 PEERS = ("hf_llama",)
 CPU_DEFAULTS = dict(depth=2, ar=32, ctx_len=64, micro_bsz=2, steps=3, warmup=1)
 GPU_DEFAULTS = dict(depth=16, ar=None, ctx_len=4096, micro_bsz=2, steps=10, warmup=3)
@@ -73,6 +75,7 @@ class Variant:
     compile: str = "blocks"  # blocks | model | none
     ac: bool = False
     adamw: str = "auto"  # RunOptions.adamw_kernel
+    weight_cast: str = "auto"  # RunOptions.weight_cast
     tokens: list[str] = field(default_factory=list)
 
     def trace_key(self) -> tuple:
@@ -110,6 +113,8 @@ def parse_variant(name: str, compile_default: bool, ac_default: bool) -> Variant
             v.ac = True
         elif t.endswith("_adamw"):
             v.adamw = t[:-6]
+        elif t.endswith("_cast"):
+            v.weight_cast = t[:-5]
     if v.compile == "model" and v.ce is None:
         v.ce = "dense"
     return v
@@ -194,7 +199,7 @@ def run_ours(args: argparse.Namespace, variant: Variant, work_dir: Path) -> dict
                       out_dir=str(out_dir), train_data_dir=str(out_dir), devices=1, strategy="single",
                       precision=args.precision, compile=variant.compile == "blocks",
                       activation_checkpointing=variant.ac, skip_nonfinite=variant.guard, guard=variant.guard_on,
-                      adamw_kernel=variant.adamw, seed=args.seed, num_workers=0)
+                      adamw_kernel=variant.adamw, weight_cast=variant.weight_cast, seed=args.seed, num_workers=0)
     with contextlib.ExitStack() as stack:
         stack.enter_context(env_var("LITSCALE_CE_IMPL", variant.ce))
         stack.enter_context(expanded_kv(variant.expand_kv))

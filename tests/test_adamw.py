@@ -51,6 +51,11 @@ _PARITY_SCRIPT = textwrap.dedent(r"""
         ref_p, tri_p = make(dtype), make(dtype)
         ref = torch.optim.AdamW(groups(ref_p), betas=(0.9, 0.95), eps=1e-8, fused=True)
         tri = adamw.TritonAdamW(groups(tri_p), betas=(0.9, 0.95), eps=1e-8, fused=True)
+        # bf16 working copies (training/working_copies.py) of every fp32 parameter, kernel path and torch's path alike
+        copies = [p.detach().to(torch.bfloat16) for p in tri_p] if dtype == torch.float32 else []
+        for p, c in zip(tri_p, copies):
+            tri.keep_working_copy(p, c)
+        copy_diffs = [0.0]
         gen = torch.Generator().manual_seed(1)
         for step in range(5):
             grads = [torch.randn(p.shape, generator=gen).to(device, dtype) for p in ref_p]
@@ -64,7 +69,10 @@ _PARITY_SCRIPT = textwrap.dedent(r"""
                 opt.found_inf = (~torch.isfinite(norm)).float() if step >= 2 else None
                 opt.grad_scale = torch.clamp((norm + 1e-6) / 2.0, min=1.0) if step >= 1 and step != 3 else None
                 opt.step()
+            copy_diffs += [(c.float() - p.detach().to(torch.bfloat16).float()).abs().max().item()
+                           for p, c in zip(tri_p, copies)]
         tol_key = str(dtype).split(".")[-1]
+        result["copy_max_diff_" + tol_key] = max(copy_diffs)
         result["max_rel_diff_" + tol_key] = max(((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
                                                 for a, b in zip(tri_p, ref_p))
         result["state_rel_diff_" + tol_key] = max(
@@ -145,6 +153,7 @@ def test_triton_adamw_matches_torch_fused_in_the_interpreter(tmp_path):
     assert r["steps_float32"] == [4.0], r  # five steps, the non-finite one skipped and not counted
     assert r["same_state_keys"] and r["resumed_rel_diff_float32"] < 1e-5, r
     assert r["dtensor_triton_calls"] > 0 and r["dtensor_rel_diff"] < 1e-5, r
+    assert r["copy_max_diff_float32"] == 0.0, r  # the working copies are the updated weights, rounded as .to() does
 
 
 def test_triton_adamw_is_torch_adamw_where_the_kernel_does_not_apply():
@@ -195,3 +204,4 @@ def test_triton_adamw_matches_torch_fused_on_cuda(tmp_path):
     assert r["max_rel_diff_bfloat16"] < 2e-2, r  # one bf16 rounding of the update may differ
     assert r["resumed_rel_diff_float32"] < 1e-5, r
     assert r["steps_float32"] == [4.0] and r["steps_bfloat16"] == [4.0], r
+    assert r["copy_max_diff_float32"] == 0.0, r

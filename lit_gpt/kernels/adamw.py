@@ -13,7 +13,9 @@ step, leave ``step`` unchanged) attributes work as for torch's fused kernel (see
 The arithmetic is the fused kernel's: decoupled weight decay ``p *= 1 - lr·wd``; moments; ``p -= lr / (1 - β1^t) ·
 m / (sqrt(v) / sqrt(1 - β2^t) + eps)``. One difference: torch's kernel also writes the unscaled gradient back into
 ``.grad``; this one leaves ``.grad`` as it was (the loop zeroes it next). FSDP2's DTensors are updated through their
-local shards. Tensors under ``MIN_TRITON_NUMEL`` elements, and any that are not contiguous and 16-byte aligned, take
+local shards. ``keep_working_copy(param, copy)`` makes the step also write the updated parameter into a
+bf16 copy (training/working_copies.py: the bf16 weights the forward multiplies by). Tensors under
+``MIN_TRITON_NUMEL`` elements, and any that are not contiguous and 16-byte aligned, take
 torch's fused kernel (one launch per group and dtype); parameters off the GPU (CPU runs, CPU-offloaded FSDP) and
 ``amsgrad``/``maximize``/``capturable`` make the whole step torch's own.
 ``TRITON_INTERPRET=1`` (set before triton is imported) runs the kernel on CPU tensors (tests).
@@ -69,8 +71,8 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def adamw_step(p_ptr, g_ptr, m_ptr, v_ptr, n, step_ptr, scale_ptr, inf_ptr, lr, beta1, beta2, eps, decay,
-                   HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr):
+    def adamw_step(p_ptr, g_ptr, m_ptr, v_ptr, w_ptr, n, step_ptr, scale_ptr, inf_ptr, lr, beta1, beta2, eps, decay,
+                   HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, HAS_COPY: tl.constexpr, BLOCK: tl.constexpr):
         if HAS_INF:
             if tl.load(inf_ptr) != 0:
                 return
@@ -92,6 +94,13 @@ def _kernel():
         tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
         tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=mask)
         tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
+        if HAS_COPY:  # the bf16 working copy the forward multiplies by (training/working_copies.py)
+            # rounded to nearest even in integer arithmetic, as torch's .to(torch.bfloat16) does (Triton's
+            # interpreter truncates in a plain cast); a few integer ops in a memory-bound kernel
+            bits = p.to(tl.uint32, bitcast=True)
+            bits = bits + 0x7FFF + ((bits >> 16) & 1)
+            bits = tl.where(p != p, 0x7FC00000, bits)  # NaN stays NaN
+            tl.store(w_ptr + offs, (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
 
     return adamw_step
 
@@ -101,24 +110,40 @@ _KERNEL: Optional[Callable] = None
 
 def adamw_step_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
                 step: torch.Tensor, *, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
-                grad_scale: Optional[torch.Tensor] = None, found_inf: Optional[torch.Tensor] = None) -> None:
-    """One AdamW update of one tensor in place (``step`` already counts this step)."""
+                grad_scale: Optional[torch.Tensor] = None, found_inf: Optional[torch.Tensor] = None,
+                working: Optional[torch.Tensor] = None) -> None:
+    """One AdamW update of one tensor in place (``step`` already counts this step); ``working``, if given, receives
+    the updated parameter in its dtype."""
     global _KERNEL
     if _KERNEL is None:
         _KERNEL = _kernel()
     n = param.numel()
     if n == 0:
         return
-    _KERNEL[((n + BLOCK - 1) // BLOCK,)](param, grad, exp_avg, exp_avg_sq, n, step,
-                                         step if grad_scale is None else grad_scale,  # unread when absent
+    _KERNEL[((n + BLOCK - 1) // BLOCK,)](param, grad, exp_avg, exp_avg_sq,
+                                         param if working is None else working, n, step,  # unread when absent
+                                         step if grad_scale is None else grad_scale,
                                          step if found_inf is None else found_inf,
                                          float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
                                          HAS_SCALE=grad_scale is not None, HAS_INF=found_inf is not None,
-                                         BLOCK=BLOCK, num_warps=WARPS)
+                                         HAS_COPY=working is not None, BLOCK=BLOCK, num_warps=WARPS)
 
 
 class TritonAdamW(torch.optim.AdamW):
     """``torch.optim.AdamW(fused=True)`` with the CUDA step in Triton (module docstring)."""
+
+    def keep_working_copy(self, param: torch.Tensor, copy: torch.Tensor) -> None:
+        """After every step, ``copy`` holds ``param`` rounded to bf16 (the kernel writes it with the update; any
+        other path copies it). For lit_gpt.training.working_copies; not part of the state_dict: re-derived on load."""
+        if copy.shape != param.shape or copy.device != param.device or copy.dtype != torch.bfloat16:
+            raise ValueError(f"working copy {tuple(copy.shape)} {copy.dtype} on {copy.device} must be bf16 and match "
+                             f"its parameter {tuple(param.shape)} on {param.device}")
+        self.__dict__.setdefault("_working", {})[param] = copy
+
+    def _refresh_working_copies(self) -> None:
+        working = self.__dict__.get("_working")
+        if working:
+            torch._foreach_copy_(list(working.values()), list(working.keys()))
 
     def _triton_usable(self) -> bool:
         for group in self.param_groups:
@@ -131,14 +156,17 @@ class TritonAdamW(torch.optim.AdamW):
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
         if not self._triton_usable():
-            return super().step(closure)
+            loss = super().step(closure)
+            self._refresh_working_copies()
+            return loss
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        steps, work = [], []
+        working = self.__dict__.get("_working", {})
+        steps, work, copied = [], [], []
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -150,17 +178,20 @@ class TritonAdamW(torch.optim.AdamW):
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 steps.append(state["step"])
                 work.append((group, [_local(t) for t in (p, p.grad, state["exp_avg"], state["exp_avg_sq"])],
-                             state["step"]))
+                             state["step"], working.get(p)))
         if not work:
             return loss
         torch._foreach_add_(steps, 1.0)
         rest: dict[tuple, list] = {}  # torch's fused kernel, one launch per group, dtype pair and device
-        for group, (p, g, m, v), step in work:
+        for group, (p, g, m, v), step, copy in work:
             beta1, beta2 = group["betas"]
-            if _kernel_takes(p, g):
+            if _kernel_takes(p, g) and (copy is None or _kernel_takes(copy, g)):
                 adamw_step_(p, g, m, v, step, lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-                            weight_decay=group["weight_decay"], grad_scale=grad_scale, found_inf=found_inf)
+                            weight_decay=group["weight_decay"], grad_scale=grad_scale, found_inf=found_inf,
+                            working=copy)
             elif p.numel():
+                if copy is not None:
+                    copied.append((copy, p))
                 columns = rest.setdefault((id(group), p.dtype, g.dtype, p.device), [group, [], [], [], [], []])
                 for column, tensor in zip(columns[1:], (p, g, m, v, step)):
                     column.append(tensor)
@@ -169,6 +200,8 @@ class TritonAdamW(torch.optim.AdamW):
             torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, [], group_steps, lr=group["lr"], beta1=beta1,
                                 beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"], amsgrad=False,
                                 maximize=False, grad_scale=grad_scale, found_inf=found_inf)
+        if copied:  # working copies of parameters torch's kernel updated
+            torch._foreach_copy_(*map(list, zip(*copied)))
         if found_inf is not None:  # a skipped step does not count, as in torch's fused AdamW
             torch._foreach_sub_(steps, [found_inf] * len(steps))
         return loss

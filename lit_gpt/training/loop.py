@@ -63,6 +63,25 @@ def adamw_class(opts: RunOptions, system: System) -> type[torch.optim.AdamW]:
     return TritonAdamW
 
 
+def weight_cast(opts: RunOptions, system: System) -> str:
+    """"optimizer" where the Triton AdamW keeps bf16 working copies of the Linear weights, else "forward" (autocast
+    casts at every forward); RunOptions.weight_cast. The copies need bf16-mixed, the Triton AdamW and unsharded
+    parameters (FSDP's mixed-precision policy gathers bf16 weights itself)."""
+    from lit_gpt.kernels.adamw import TritonAdamW
+
+    why_not = None
+    if system.precision != "bf16-mixed":
+        why_not = f"--precision {system.precision} (they are bf16 copies for bf16-mixed)"
+    elif system.strategy == "fsdp":
+        why_not = "FSDP (its mixed-precision policy gathers bf16 weights already)"
+    elif adamw_class(opts, system) is not TritonAdamW:
+        why_not = "torch's AdamW (the Triton AdamW writes the copies: --adamw_kernel triton)"
+    if opts.weight_cast == "optimizer" and why_not:
+        raise OptionsError(f"--weight_cast optimizer does not apply with {why_not}: use --weight_cast auto or forward")
+    on = opts.weight_cast == "optimizer" or (opts.weight_cast == "auto" and system.accelerator == "cuda")
+    return "optimizer" if on and not why_not else "forward"
+
+
 def clean_name(name: str) -> str:
     for prefix in WRAPPER_PREFIXES:
         name = name.replace(prefix, "")
@@ -160,6 +179,15 @@ class Trainer:
         optimizer = adamw_class(opts, system)(groups, lr=self.plan.lr, betas=self.plan.betas, eps=self.plan.eps,
                                               fused=fused)
         self.optimizer = self.fabric.setup_optimizers(optimizer)
+        self.working_copies = None
+        if weight_cast(opts, system) == "optimizer":
+            from lit_gpt.training.working_copies import attach
+
+            # the head's weight goes to the fused cross-entropy directly, not through lm_head's forward
+            self.working_copies = attach(model, optimizer, skip=[model.lm_head])
+            self.fabric.print(f"weight casts: the optimizer writes bf16 copies of {len(self.working_copies.modules)} Linear "
+                              f"weights ({self.working_copies.n_params:,} parameters, "
+                              f"{self.working_copies.nbytes / 1e9:.2f} GB); --weight_cast forward casts per forward")
         self.peak_flops = device_peak_flops(self.fabric.device)
 
     def _copy_tokenizer(self) -> None:
@@ -354,6 +382,8 @@ class Trainer:
 
         set_model_state_dict(self.sharded_model, self._with_wrapper_names(weights),
                              options=StateDictOptions(full_state_dict=True, strict=True))
+        if self.working_copies is not None:
+            self.working_copies.refresh()
 
     def _load_optimizer(self, optim_sd: dict[str, Any]) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict

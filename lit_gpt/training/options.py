@@ -94,6 +94,11 @@ class RunOptions:
     # small tensors, and every step off the GPU, go to torch's); "torch" = torch's fused multi-tensor AdamW;
     # "auto" = triton on CUDA
     adamw_kernel: str = "auto"
+    # where the forward's bf16 weights come from under bf16-mixed: "forward" = autocast casts each fp32 weight at every
+    # forward; "optimizer" = the Triton AdamW writes a bf16 copy of each large Linear weight as it updates it and the
+    # weight gradients leave their GEMMs in fp32 (training/working_copies.py; not with FSDP, whose policy gathers bf16
+    # weights itself); "auto" = optimizer on CUDA where it applies
+    weight_cast: str = "auto"
     spike_threshold: Optional[float] = None  # skip a step whose loss exceeds threshold x moving average
     max_skips: int = 20  # within the last 100 steps, then stop with a checkpoint
     dry_run: bool = False
@@ -149,6 +154,8 @@ class RunOptions:
                                "and bounds its all-gathers itself): add --fsdp_version 1, or drop them")
         if self.adamw_kernel not in ("auto", "torch", "triton"):
             raise OptionsError(f"--adamw_kernel {self.adamw_kernel!r} must be auto, torch or triton")
+        if self.weight_cast not in ("auto", "forward", "optimizer"):
+            raise OptionsError(f"--weight_cast {self.weight_cast!r} must be auto, forward or optimizer")
         if self.guard not in ("auto", "host", "device"):
             raise OptionsError(f"--guard {self.guard!r} must be auto, host or device")
         if self.guard == "device" and self.precision == "16-mixed":

@@ -1,0 +1,123 @@
+"""bf16 working copies of the fp32 Linear weights, written by the optimizer instead of cast at every forward.
+
+Why: under bf16 autocast each Linear casts its fp32 weight to bf16 in every forward (4 bytes read and 2 written per
+parameter), and its weight gradient leaves the GEMM in bf16 only to be cast to fp32 for ``.grad`` (2 more written,
+then 2 read and 4 written). For Transformer++ d16 those casts took ≈ 4.6 ms of a 124 ms step on an H100
+(docs/benchmarks.md, "Where the time goes"), and with gradient accumulation the forward cast is paid per micro step.
+Here the Triton AdamW writes each updated weight's bf16 copy while it has the new value in registers (2 bytes more
+in a kernel that moves 28), the forward multiplies by that copy, and the weight-gradient GEMM writes fp32 itself.
+
+Numerics: the forward is autocast's exactly (the same round-to-nearest bf16 of the same fp32 weight). On CUDA the
+weight gradient reaches ``.grad`` without the intermediate rounding to bf16 (cuBLAS accumulates in fp32 either way),
+so it is slightly more precise than autocast's; elsewhere it is autocast's bit for bit.
+
+Applied from outside the model: ``attach`` swaps the class of each eligible ``nn.Linear`` (parameters, names and
+state_dicts unchanged; the copy is a plain attribute, so checkpoints and DDP's buffer broadcast never see it) and
+registers the copy with the optimizer. Whatever else changes the weights (loading a checkpoint) must call
+``WorkingCopies.refresh``. Not for FSDP, whose mixed-precision policy already gathers bf16 weights.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["WorkingCopies", "WorkingCopyLinear", "attach"]
+
+
+def weight_gradient(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """grad_outᵀ·x in fp32 from bf16 operands: on CUDA the GEMM writes fp32 (no bf16 rounding, no cast kernel)."""
+    if grad_out.is_cuda:
+        return torch.mm(grad_out.t(), x, out_dtype=torch.float32)
+    return (grad_out.t() @ x).float()  # what autocast's backward computes: a bf16 product, then the cast
+
+
+class _LinearOnWorkingCopy(torch.autograd.Function):
+    """y = x·Wᵀ + b with the low-precision copy of W; the gradient goes to the fp32 W."""
+
+    @staticmethod
+    def forward(ctx, x, weight, working, bias):
+        x_low = x.to(working.dtype)
+        ctx.save_for_backward(x_low, working)
+        ctx.x_dtype, ctx.has_bias = x.dtype, bias is not None
+        return F.linear(x_low, working, None if bias is None else bias.to(working.dtype))
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x_low, working = ctx.saved_tensors
+        grad_out = grad_out.to(working.dtype)
+        grad_x = (grad_out @ working).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
+        rows = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_w = weight_gradient(rows, x_low.reshape(-1, x_low.shape[-1])) if ctx.needs_input_grad[1] else None
+        grad_b = rows.sum(0, dtype=torch.float32) if ctx.has_bias and ctx.needs_input_grad[3] else None
+        return grad_x, grad_w, None, grad_b
+
+
+class WorkingCopyLinear(nn.Linear):
+    """An ``nn.Linear`` whose forward under autocast multiplies by ``working``, a copy the optimizer keeps current.
+    Outside autocast (nothing to cast to) it is a plain Linear on the fp32 weight."""
+
+    working: torch.Tensor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_autocast_enabled(x.device.type):
+            return F.linear(x, self.weight, self.bias)
+        return _LinearOnWorkingCopy.apply(x, self.weight, self.working, self.bias)
+
+
+@dataclass
+class WorkingCopies:
+    """The swapped modules; ``refresh`` re-derives every copy from its weight (after weights are loaded)."""
+
+    modules: list[WorkingCopyLinear] = field(default_factory=list)
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        if self.modules:
+            torch._foreach_copy_([m.working for m in self.modules], [m.weight for m in self.modules])
+
+    @property
+    def n_params(self) -> int:
+        return sum(m.weight.numel() for m in self.modules)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(m.working.numel() * m.working.element_size() for m in self.modules)
+
+
+def _eligible(weight: torch.Tensor, min_numel: int) -> bool:
+    """fp32, dense and contiguous, 16-byte aligned (what the optimizer's kernel takes), and large enough to matter."""
+    return (weight.dtype == torch.float32 and weight.layout == torch.strided and weight.is_contiguous()
+            and weight.data_ptr() % 16 == 0 and weight.numel() >= min_numel)
+
+
+def attach(model: nn.Module, optimizer: torch.optim.Optimizer, dtype: torch.dtype = torch.bfloat16,
+           min_numel: Optional[int] = None, skip: Iterable[nn.Module] = ()) -> WorkingCopies:
+    """Give every eligible ``nn.Linear`` of ``model`` a ``dtype`` working copy kept by ``optimizer`` (a TritonAdamW).
+
+    Eligible: exactly ``nn.Linear`` (not a subclass with its own forward), not in ``skip`` (modules whose weight is
+    read other than through their forward: a copy would be written and never used), a weight no other module
+    shares (a tied head also feeds the embedding, which must read fp32), and one the optimizer's kernel updates
+    (``min_numel``: its size threshold by default)."""
+    from lit_gpt.kernels import adamw
+
+    if not hasattr(optimizer, "keep_working_copy"):
+        raise TypeError(f"{type(optimizer).__name__} cannot keep working copies: use lit_gpt.kernels.adamw.TritonAdamW")
+    min_numel = adamw.MIN_TRITON_NUMEL if min_numel is None else min_numel
+    uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+    skipped = {id(m) for m in skip}
+    copies = WorkingCopies()
+    for module in model.modules():
+        if (type(module) is not nn.Linear or id(module) in skipped or uses[id(module.weight)] != 1
+                or not _eligible(module.weight, min_numel)):
+            continue
+        module.__class__ = WorkingCopyLinear
+        module.working = module.weight.detach().to(dtype, memory_format=torch.contiguous_format)
+        optimizer.keep_working_copy(module.weight, module.working)
+        copies.modules.append(module)
+    return copies
