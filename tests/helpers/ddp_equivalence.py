@@ -44,12 +44,18 @@ def main(out_path: str) -> None:
     if rows % world:
         raise SystemExit(f"EQ_GLOBAL_ROWS={rows} must be a multiple of the {world} processes")
     micro = rows // world
+    if os.environ.get("EQ_WEIGHT_CAST") == "optimizer":  # every Linear of the tiny model gets a bf16 working copy
+        import lit_gpt.kernels.adamw as adamw
+
+        adamw.MIN_TRITON_NUMEL = 1
     opts = RunOptions(train_model="transformer", depth=2, ar=16, train_name="ddp_mup", ctx_len=T, micro_bsz=micro,
                       total_bsz=2 * rows * T, max_steps=STEPS, log_step=1, eval_step=10_000, save_step=10_000,
                       out_dir=os.path.join(os.path.dirname(out_path), f"run_w{world}"), num_workers=0,
                       vocab_size=VOCAB, base_hps=BaseHyperparameters(d0=2, eta0=0.01, b0=256, warmup_tokens0=256),
                       strategy=os.environ.get("EQ_STRATEGY", "ddp") if world > 1 else "auto", compile=False,
                       precision=os.environ.get("EQ_PRECISION"), guard=os.environ.get("EQ_GUARD", "auto"),
+                      weight_cast=os.environ.get("EQ_WEIGHT_CAST", "auto"),
+                      adamw_kernel="triton" if os.environ.get("EQ_WEIGHT_CAST") == "optimizer" else "auto",
                       fsdp_version=int(os.environ.get("EQ_FSDP_VERSION", RunOptions.fsdp_version)))
     trainer = Trainer(opts)
     trainer.setup(meta={"vocab_size": VOCAB, "eos_id": 0})
@@ -64,7 +70,8 @@ def main(out_path: str) -> None:
         norms.append(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))
     if trainer.fabric.global_rank == 0:
         with open(out_path, "w") as f:
-            json.dump({"world": world, "grad_accum": trainer.plan.grad_accum_steps, "losses": losses, "grad_norms": norms,
+            json.dump({"working_copies": len(trainer.working_copies.modules) if trainer.working_copies else 0,
+                       "world": world, "grad_accum": trainer.plan.grad_accum_steps, "losses": losses, "grad_norms": norms,
                        "grad_clip": trainer.plan.grad_clip}, f)
 
 
