@@ -10,7 +10,7 @@ from torch import nn
 from lit_gpt.kernels import adamw
 from lit_gpt.kernels.adamw import TritonAdamW
 from lit_gpt.training.cli import main
-from lit_gpt.training.working_copies import WorkingCopyLinear, attach
+from lit_gpt.training.working_copies import WorkingCopies, WorkingCopyLinear, attach
 from test_pretrain import TINY, assert_same_run, final_weights, read_metrics, resume_from
 
 
@@ -50,8 +50,6 @@ def test_copy_follows_optimizer_steps_and_refresh():
     refresh() re-derives it after the weight changes outside the optimizer."""
     _, swapped = _pair(False)
     optimizer = TritonAdamW(swapped.parameters(), lr=1e-2)
-    copies = attach(nn.Sequential(), optimizer)  # nothing to swap in an empty model
-    assert copies.modules == []
     optimizer.keep_working_copy(swapped.weight, swapped.working)
     for _ in range(3):
         swapped.weight.grad = torch.randn_like(swapped.weight)
@@ -60,10 +58,10 @@ def test_copy_follows_optimizer_steps_and_refresh():
     with torch.no_grad():
         swapped.weight.mul_(2)
     stale = swapped.working.clone()
-    attach_result = type(copies)([swapped])
-    attach_result.refresh()
+    WorkingCopies([swapped]).refresh()
     assert not torch.equal(stale, swapped.working)
     assert torch.equal(swapped.working, swapped.weight.detach().to(torch.bfloat16))
+    assert attach(nn.Sequential(), optimizer).modules == []  # nothing to swap
     with pytest.raises(ValueError, match="must be bf16"):
         optimizer.keep_working_copy(swapped.weight, swapped.weight.detach().half())
 

@@ -184,10 +184,10 @@ class Trainer:
             from lit_gpt.training.working_copies import attach
 
             # the head's weight goes to the fused cross-entropy directly, not through lm_head's forward
-            self.working_copies = attach(model, optimizer, skip=[model.lm_head])
-            self.fabric.print(f"weight casts: the optimizer writes bf16 copies of {len(self.working_copies.modules)} Linear "
-                              f"weights ({self.working_copies.n_params:,} parameters, "
-                              f"{self.working_copies.nbytes / 1e9:.2f} GB); --weight_cast forward casts per forward")
+            copies = self.working_copies = attach(model, optimizer, skip=[model.lm_head])
+            self.fabric.print(f"weight casts: the optimizer writes bf16 copies of {len(copies.modules)} Linear weights "
+                              f"({copies.n_params:,} parameters, {copies.nbytes / 1e9:.2f} GB); --weight_cast forward "
+                              f"casts per forward")
         self.peak_flops = device_peak_flops(self.fabric.device)
 
     def _copy_tokenizer(self) -> None:

@@ -96,9 +96,9 @@ def _eligible(weight: torch.Tensor, min_numel: int) -> bool:
             and weight.data_ptr() % 16 == 0 and weight.numel() >= min_numel)
 
 
-def attach(model: nn.Module, optimizer: torch.optim.Optimizer, dtype: torch.dtype = torch.bfloat16,
-           min_numel: Optional[int] = None, skip: Iterable[nn.Module] = ()) -> WorkingCopies:
-    """Give every eligible ``nn.Linear`` of ``model`` a ``dtype`` working copy kept by ``optimizer`` (a TritonAdamW).
+def attach(model: nn.Module, optimizer: torch.optim.Optimizer, min_numel: Optional[int] = None,
+           skip: Iterable[nn.Module] = ()) -> WorkingCopies:
+    """Give every eligible ``nn.Linear`` of ``model`` a bf16 working copy kept by ``optimizer`` (a TritonAdamW).
 
     Eligible: exactly ``nn.Linear`` (not a subclass with its own forward), not in ``skip`` (modules whose weight is
     read other than through their forward: a copy would be written and never used), a weight no other module
@@ -117,7 +117,7 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, dtype: torch.dtyp
                 or not _eligible(module.weight, min_numel)):
             continue
         module.__class__ = WorkingCopyLinear
-        module.working = module.weight.detach().to(dtype, memory_format=torch.contiguous_format)
+        module.working = module.weight.detach().to(torch.bfloat16, memory_format=torch.contiguous_format)
         optimizer.keep_working_copy(module.weight, module.working)
         copies.modules.append(module)
     return copies

@@ -70,8 +70,9 @@ def main(out_path: str) -> None:
         norms.append(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))
     if trainer.fabric.global_rank == 0:
         with open(out_path, "w") as f:
-            json.dump({"working_copies": len(trainer.working_copies.modules) if trainer.working_copies else 0,
-                       "world": world, "grad_accum": trainer.plan.grad_accum_steps, "losses": losses, "grad_norms": norms,
+            copies = trainer.working_copies
+            json.dump({"working_copies": len(copies.modules) if copies else 0, "world": world,
+                       "grad_accum": trainer.plan.grad_accum_steps, "losses": losses, "grad_norms": norms,
                        "grad_clip": trainer.plan.grad_clip}, f)
 
 
