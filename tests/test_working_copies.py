@@ -3,6 +3,8 @@ exact resume, and the cases where they must not apply."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -130,6 +132,7 @@ def test_bf16_run_with_working_copies_matches_autocast_casts_and_resumes(device,
     assert "weight casts:" not in capsys.readouterr().out
     assert main(common + ["--out_dir", str(copies), "--weight_cast", "optimizer"]) == 0
     assert "weight casts: the optimizer writes bf16 copies of 8 Linear weights" in capsys.readouterr().out
+    assert [json.loads((d / "run.json").read_text())["weight_cast"] for d in (cast, copies)] == ["forward", "optimizer"]
     a = [float(r["train_loss"]) for r in read_metrics(cast) if r["train_loss"]]
     b = [float(r["train_loss"]) for r in read_metrics(copies) if r["train_loss"]]
     assert len(a) == 12 and same(a, b)

@@ -147,6 +147,7 @@ class Trainer:
         """``meta``: vocabulary and EOS of the caller's own batches (benchmarks, no data folder); else read from data."""
         opts = self.opts
         self.system = resolve_system(opts)
+        self.weight_cast = weight_cast(opts, self.system)  # checked here, so --dry_run refuses what build would
         if meta is None and not (opts.dry_run and opts.vocab_size):
             meta = data_meta(opts)
         vocab = meta["vocab_size"] if meta else None
@@ -180,7 +181,7 @@ class Trainer:
                                               fused=fused)
         self.optimizer = self.fabric.setup_optimizers(optimizer)
         self.working_copies = None
-        if weight_cast(opts, system) == "optimizer":
+        if self.weight_cast == "optimizer":
             from lit_gpt.training.working_copies import attach
 
             # the head's weight goes to the fused cross-entropy directly, not through lm_head's forward
@@ -508,7 +509,8 @@ class Trainer:
         opts, plan, fabric = self.opts, self.plan, self.fabric
         optimizer, device = self.optimizer, fabric.device
         run = {"run_name": opts.run_name, "options": opts.to_dict(), "config": self.config.to_dict(),
-               "plan": plan.to_dict(), "system": self.system.__dict__, "world_size": fabric.world_size}
+               "plan": plan.to_dict(), "system": self.system.__dict__, "world_size": fabric.world_size,
+               "weight_cast": self.weight_cast}
         recorder = RunRecorder(self.out_dir, run, self.val_multiple, opts.logger) if fabric.global_rank == 0 else None
         fabric.print(f"run {opts.run_name}: {plan.n_params:,} parameters ({plan.n_params_non_embedding:,} "
                      f"non-embedding), {plan.max_steps} steps of {plan.global_batch_tokens:,} tokens, peak lr "
