@@ -16,19 +16,20 @@ from lit_gpt.training.working_copies import WorkingCopies, WorkingCopyLinear, at
 from test_pretrain import TINY, assert_same_run, final_weights, read_metrics, resume_from
 
 
-def _pair(bias: bool):
+def _pair(bias: bool, monkeypatch):
+    monkeypatch.setattr(adamw, "MIN_TRITON_NUMEL", 1)  # the optimizer's kernel takes (and so copies) any size
     torch.manual_seed(0)
     plain = nn.Linear(64, 48, bias=bias)
     swapped = nn.Linear(64, 48, bias=bias)
     swapped.load_state_dict(plain.state_dict())
-    copies = attach(swapped, TritonAdamW(swapped.parameters(), lr=1e-3), min_numel=1)
+    copies = attach(swapped, TritonAdamW(swapped.parameters(), lr=1e-3))
     assert copies.modules == [swapped] and isinstance(swapped, WorkingCopyLinear)
     return plain, swapped
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_linear_on_working_copy_is_autocast_linear(bias):
-    plain, swapped = _pair(bias)
+def test_linear_on_working_copy_is_autocast_linear(bias, monkeypatch):
+    plain, swapped = _pair(bias, monkeypatch)
     x = torch.randn(3, 5, 64)
     outs, grads = [], []
     for module in (plain, swapped):
@@ -47,10 +48,10 @@ def test_linear_on_working_copy_is_autocast_linear(bias):
     assert torch.equal(plain(x), swapped(x))  # outside autocast: the fp32 weight, as a plain Linear
 
 
-def test_copy_follows_optimizer_steps_and_refresh():
+def test_copy_follows_optimizer_steps_and_refresh(monkeypatch):
     """The optimizer keeps the copy equal to the weight's bf16 rounding (here through torch's step on the CPU);
     refresh() re-derives it after the weight changes outside the optimizer."""
-    _, swapped = _pair(False)
+    _, swapped = _pair(False, monkeypatch)
     optimizer = TritonAdamW(swapped.parameters(), lr=1e-2)
     optimizer.keep_working_copy(swapped.weight, swapped.working)
     for _ in range(3):
@@ -68,7 +69,7 @@ def test_copy_follows_optimizer_steps_and_refresh():
         optimizer.keep_working_copy(swapped.weight, swapped.weight.detach().half())
 
 
-def test_attach_leaves_tied_and_small_weights_and_state_dict_alone():
+def test_attach_leaves_tied_and_small_weights_and_state_dict_alone(monkeypatch):
     from lit_gpt.config import Config
     from lit_gpt.model import GPT
 
@@ -76,7 +77,8 @@ def test_attach_leaves_tied_and_small_weights_and_state_dict_alone():
     model = GPT(config)
     keys = list(model.state_dict())
     optimizer = TritonAdamW(model.parameters(), lr=1e-3)
-    copies = attach(model, optimizer, min_numel=32 * 32 + 1)  # only matrices larger than n_embd²
+    monkeypatch.setattr(adamw, "MIN_TRITON_NUMEL", 32 * 32 + 1)  # only matrices larger than n_embd²
+    copies = attach(model, optimizer)
     swapped = {name for name, m in model.named_modules() if isinstance(m, WorkingCopyLinear)}
     assert swapped and "lm_head" not in swapped  # tied to the embedding, which reads the fp32 weight
     assert all(m.weight.numel() > 32 * 32 for m in copies.modules)

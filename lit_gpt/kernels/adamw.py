@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-__all__ = ["TritonAdamW", "triton_step_applies"]
+__all__ = ["TritonAdamW", "kernel_takes", "triton_step_applies"]
 
 BLOCK = 4096  # elements per program: 16 per thread at 8 warps, enough bytes in flight per SM to saturate HBM
 WARPS = 8
@@ -59,7 +59,7 @@ def triton_step_applies(params: list[torch.Tensor]) -> bool:
     return all(p.device.type == "cuda" or (p.device.type == "cpu" and _interpreting()) for p in params)
 
 
-def _kernel_takes(p: torch.Tensor, g: torch.Tensor) -> bool:
+def kernel_takes(p: torch.Tensor, g: torch.Tensor) -> bool:
     """Large, dense, contiguous, 16-byte aligned, same device (anything else goes to torch's fused kernel)."""
     return (p.numel() >= MIN_TRITON_NUMEL and p.dtype in _DTYPES and g.dtype in _DTYPES and not g.is_sparse
             and p.is_contiguous() and g.is_contiguous() and p.device == g.device
@@ -185,7 +185,7 @@ class TritonAdamW(torch.optim.AdamW):
         rest: dict[tuple, list] = {}  # torch's fused kernel, one launch per group, dtype pair and device
         for group, (p, g, m, v), step, copy in work:
             beta1, beta2 = group["betas"]
-            if _kernel_takes(p, g) and (copy is None or _kernel_takes(copy, g)):
+            if kernel_takes(p, g) and (copy is None or kernel_takes(copy, g)):
                 adamw_step_(p, g, m, v, step, lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
                             weight_decay=group["weight_decay"], grad_scale=grad_scale, found_inf=found_inf,
                             working=copy)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -90,31 +90,23 @@ class WorkingCopies:
         return sum(m.working.numel() * m.working.element_size() for m in self.modules)
 
 
-def _eligible(weight: torch.Tensor, min_numel: int) -> bool:
-    """fp32, dense and contiguous, 16-byte aligned (what the optimizer's kernel takes), and large enough to matter."""
-    return (weight.dtype == torch.float32 and weight.layout == torch.strided and weight.is_contiguous()
-            and weight.data_ptr() % 16 == 0 and weight.numel() >= min_numel)
-
-
-def attach(model: nn.Module, optimizer: torch.optim.Optimizer, min_numel: Optional[int] = None,
-           skip: Iterable[nn.Module] = ()) -> WorkingCopies:
+def attach(model: nn.Module, optimizer: torch.optim.Optimizer, skip: Iterable[nn.Module] = ()) -> WorkingCopies:
     """Give every eligible ``nn.Linear`` of ``model`` a bf16 working copy kept by ``optimizer`` (a TritonAdamW).
 
     Eligible: exactly ``nn.Linear`` (not a subclass with its own forward), not in ``skip`` (modules whose weight is
     read other than through their forward: a copy would be written and never used), a weight no other module
-    shares (a tied head also feeds the embedding, which must read fp32), and one the optimizer's kernel updates
-    (``min_numel``: its size threshold by default)."""
+    shares (a tied head also feeds the embedding, which must read fp32), fp32, and one the optimizer's kernel
+    updates (``kernel_takes``: large enough, dense, contiguous, aligned)."""
     from lit_gpt.kernels import adamw
 
     if not hasattr(optimizer, "keep_working_copy"):
         raise TypeError(f"{type(optimizer).__name__} cannot keep working copies: use lit_gpt.kernels.adamw.TritonAdamW")
-    min_numel = adamw.MIN_TRITON_NUMEL if min_numel is None else min_numel
     uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
     skipped = {id(m) for m in skip}
     copies = WorkingCopies()
     for module in model.modules():
         if (type(module) is not nn.Linear or id(module) in skipped or uses[id(module.weight)] != 1
-                or not _eligible(module.weight, min_numel)):
+                or module.weight.dtype != torch.float32 or not adamw.kernel_takes(module.weight, module.weight)):
             continue
         module.__class__ = WorkingCopyLinear
         module.working = module.weight.detach().to(torch.bfloat16, memory_format=torch.contiguous_format)
