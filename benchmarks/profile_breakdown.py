@@ -263,9 +263,19 @@ def format_breakdown(b: dict[str, Any]) -> str:
                      f"{k['mean_us']:>10.1f}")
     if b.get("trace"):
         lines.append(f"(d) chrome trace: {b['trace']}")
-    for g in b.get("idle_gaps", []):
-        lines.append(f"    idle gap {g['ms']:8.3f} ms after {g['before'][:60]} | before {g['after'][:60]}")
+    lines += [_gap_line(g) for g in b.get("idle_gaps", [])]
     return "\n".join(lines)
+
+
+def _gap_line(g: dict[str, Any]) -> str:
+    line = f"    idle gap {g['ms']:8.3f} ms after {g['before'][:60]} | before {g['after'][:60]}"
+    if "waited_in" in g:
+        line += f"\n        host waited in {g['waited_in']}"
+    if "launch_ms" in g:
+        line += f"\n        next kernel launched {g['launch_ms']:.3f} ms into the gap"
+    if "host_ops" in g:
+        line += "; host meanwhile: " + ", ".join(f"{k} {v:.3f} ms" for k, v in g["host_ops"].items())
+    return line
 
 
 # ------------------------------------------------------------------------------- traces from pretrain --profile
@@ -290,6 +300,7 @@ def summarize_trace(path: str | Path, top: int = 15, gaps: int = 5) -> dict[str,
     lo, hi = min(e["ts"] for e in steps), max(e["ts"] + e["dur"] for e in steps)
     span = hi - lo
     kernels = [e for e in kernels if lo <= e["ts"] < hi]  # the profiled steps' kernels only
+    host = [e for e in events if e.get("cat") in ("cuda_runtime", "cpu_op")]
     rows = [(e["name"], float(e["dur"]), "") for e in kernels]
     out = breakdown(rows, n, top=top)
     every = [(e["ts"], e["ts"] + e["dur"]) for e in kernels]
@@ -298,21 +309,51 @@ def summarize_trace(path: str | Path, top: int = 15, gaps: int = 5) -> dict[str,
     per_step = lambda us: round(us / n / 1e3, 3)  # noqa: E731
     out.update(trace=str(path), steps=n, step_ms=per_step(span), busy_ms=per_step(busy),
                compute_busy_ms=per_step(busy_compute), idle_ms=per_step(span - busy),
-               nccl_exposed_ms=per_step(busy - busy_compute), idle_gaps=idle_gaps(kernels, gaps))
+               nccl_exposed_ms=per_step(busy - busy_compute), idle_gaps=idle_gaps(kernels, gaps, host=host))
     return out
 
 
-def idle_gaps(kernels: list[dict], top: int = 5) -> list[dict[str, Any]]:
+def idle_gaps(kernels: list[dict], top: int = 5, host: Iterable[dict] = ()) -> list[dict[str, Any]]:
     """The longest stretches with no kernel running on the device, each with the kernels on either side: where a
-    host synchronization or slow host code leaves the GPU waiting shows as the same gap in every step."""
+    host synchronization or slow host code leaves the GPU waiting shows as the same gap in every step.
+
+    ``host``: the trace's CPU-side events. With them each gap also says what the host did: ``waited_in``, a CUDA
+    runtime call that ended as the gap began after lasting longer than it (the host waited for the device, which
+    then drained: a synchronization), ``launch_ms``, how long after the gap began the host issued the kernel that
+    ended it, and ``host_ops``, the CPU ops that started in between (ms summed by name, longest first)."""
     ordered = sorted(kernels, key=lambda e: e["ts"])
     found, end, last = [], float("-inf"), None
     for e in ordered:
         if last is not None and e["ts"] > end:
-            found.append(dict(ms=round((e["ts"] - end) / 1e3, 3), before=last["name"][:120], after=e["name"][:120]))
+            found.append(dict(ms=round((e["ts"] - end) / 1e3, 3), before=last["name"][:120], after=e["name"][:120],
+                              _span=(end, e["ts"]), _next=e))
         if e["ts"] + e["dur"] > end:
             end, last = e["ts"] + e["dur"], e
-    return sorted(found, key=lambda g: -g["ms"])[:top]
+    found = sorted(found, key=lambda g: -g["ms"])[:top]
+    host = [e for e in host if e.get("ph") == "X"]
+    runtime = [e for e in host if e.get("cat") == "cuda_runtime"]
+    launches = {e["args"]["correlation"]: e for e in runtime if "correlation" in e.get("args", {})}
+    ops = [e for e in host if e.get("cat") == "cpu_op"]
+    for g in found:
+        (start, stop), nxt = g.pop("_span"), g.pop("_next")
+        if not host:
+            continue
+        launch = launches.get(nxt.get("args", {}).get("correlation"))
+        until = launch["ts"] if launch else stop
+        if launch:
+            g["launch_ms"] = round((launch["ts"] - start) / 1e3, 3)
+        slack = 0.05 * (stop - start) + 20.0  # µs: clocks of host and device events are aligned, not identical
+        waits = [e for e in runtime if abs(e["ts"] + e["dur"] - start) <= slack and e["dur"] > stop - start]
+        if waits:
+            wait = max(waits, key=lambda e: e["dur"])
+            g["waited_in"] = f"{wait['name']} ({wait['dur'] / 1e3:.3f} ms)"
+        spent: dict[str, float] = {}
+        for e in ops:
+            if start <= e["ts"] < until:
+                spent[e["name"]] = spent.get(e["name"], 0.0) + e["dur"] / 1e3
+        if spent:
+            g["host_ops"] = {k: round(v, 3) for k, v in sorted(spent.items(), key=lambda kv: -kv[1])[:3]}
+    return found
 
 
 def format_trace_summary(s: dict[str, Any]) -> str:
@@ -322,8 +363,7 @@ def format_trace_summary(s: dict[str, Any]) -> str:
              f"idle {s['idle_ms']:.1f}"]
     lines += [f"    {c:<16}{v['ms']:>9.2f} ms {v['pct']:>6.1f} %{v['calls']:>8.0f} calls" for c, v in s["categories"].items()]
     lines += [f"    {k['name'][:90]:<90}{k['category']:>14}{k['ms']:>9.2f}{k['calls']:>7.0f}" for k in s["top_kernels"]]
-    lines += [f"    idle gap {g['ms']:8.3f} ms after {g['before'][:60]} | before {g['after'][:60]}"
-              for g in s.get("idle_gaps", [])]
+    lines += [_gap_line(g) for g in s.get("idle_gaps", [])]
     return "\n".join(lines)
 
 

@@ -211,3 +211,30 @@ def test_breakdown_lists_idle_gaps_when_the_trace_has_them():
              trace="t.json.gz", idle_gaps=[dict(ms=0.4, before="adamw_step", after="triton_red_fused_0")])
     text = pb.format_breakdown(b)
     assert "idle gap    0.400 ms after adamw_step | before triton_red_fused_0" in text
+
+
+def test_idle_gaps_say_what_the_host_did():
+    """A synchronization that ends as the device runs dry (4 ms in cudaStreamSynchronize, ending at 5 ms), then 1.8 ms
+    of host work before the next launch: the gap names the wait, the launch delay and the host ops in between."""
+    ms = 1000.0
+    events = [{"ph": "X", "name": "ProfilerStep#0", "ts": 0.0, "dur": 10 * ms, "cat": "gpu_user_annotation"},
+              {"ph": "X", "cat": "kernel", "name": "nvjet_tst_128x256", "ts": 0.0, "dur": 5 * ms,
+               "args": {"correlation": 6}},
+              {"ph": "X", "cat": "kernel", "name": "triton_red_fused_0", "ts": 7 * ms, "dur": 2 * ms,
+               "args": {"correlation": 7}},
+              {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 0.0, "dur": 5.0,
+               "args": {"correlation": 6}},
+              {"ph": "X", "cat": "cuda_runtime", "name": "cudaStreamSynchronize", "ts": 1 * ms, "dur": 4 * ms},
+              {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 6.8 * ms, "dur": 5.0,
+               "args": {"correlation": 7}},
+              {"ph": "X", "cat": "cpu_op", "name": "aten::item", "ts": 1 * ms, "dur": 4 * ms},  # before the gap
+              {"ph": "X", "cat": "cpu_op", "name": "aten::randint", "ts": 5.2 * ms, "dur": 1 * ms},
+              {"ph": "X", "cat": "cpu_op", "name": "aten::copy_", "ts": 6.3 * ms, "dur": 0.4 * ms}]
+    gaps = pb.idle_gaps([e for e in events if e["cat"] == "kernel"], host=events)
+    assert gaps == [dict(ms=2.0, before="nvjet_tst_128x256", after="triton_red_fused_0",
+                         launch_ms=1.8, waited_in="cudaStreamSynchronize (4.000 ms)",
+                         host_ops={"aten::randint": 1.0, "aten::copy_": 0.4})]
+    text = pb._gap_line(gaps[0])
+    assert "host waited in cudaStreamSynchronize (4.000 ms)" in text and "launched 1.800 ms into the gap" in text
+    assert pb.idle_gaps([e for e in events if e["cat"] == "kernel"]) == [
+        dict(ms=2.0, before="nvjet_tst_128x256", after="triton_red_fused_0")]  # no host events: no host keys
