@@ -300,7 +300,7 @@ def summarize_trace(path: str | Path, top: int = 15, gaps: int = 5) -> dict[str,
     lo, hi = min(e["ts"] for e in steps), max(e["ts"] + e["dur"] for e in steps)
     span = hi - lo
     kernels = [e for e in kernels if lo <= e["ts"] < hi]  # the profiled steps' kernels only
-    host = [e for e in events if e.get("cat") in ("cuda_runtime", "cpu_op")]
+    host = [e for e in events if e.get("cat") in ("cuda_runtime", "cuda_driver", "cpu_op")]
     rows = [(e["name"], float(e["dur"]), "") for e in kernels]
     out = breakdown(rows, n, top=top)
     every = [(e["ts"], e["ts"] + e["dur"]) for e in kernels]
@@ -318,7 +318,7 @@ def idle_gaps(kernels: list[dict], top: int = 5, host: Iterable[dict] = ()) -> l
     host synchronization or slow host code leaves the GPU waiting shows as the same gap in every step.
 
     ``host``: the trace's CPU-side events. With them each gap also says what the host did: ``waited_in``, a CUDA
-    runtime call that ended as the gap began after lasting longer than it (the host waited for the device, which
+    runtime or driver call that ended as the gap began after lasting longer than it (the host waited for the device, which
     then drained: a synchronization), ``launch_ms``, how long after the gap began the host issued the kernel that
     ended it, and ``host_ops``, the CPU ops that started in between (ms summed by name, longest first)."""
     ordered = sorted(kernels, key=lambda e: e["ts"])
@@ -331,7 +331,7 @@ def idle_gaps(kernels: list[dict], top: int = 5, host: Iterable[dict] = ()) -> l
             end, last = e["ts"] + e["dur"], e
     found = sorted(found, key=lambda g: -g["ms"])[:top]
     host = [e for e in host if e.get("ph") == "X"]
-    runtime = [e for e in host if e.get("cat") == "cuda_runtime"]
+    runtime = [e for e in host if e.get("cat") in ("cuda_runtime", "cuda_driver")]  # Triton launches: the driver
     launches = {e["args"]["correlation"]: e for e in runtime if "correlation" in e.get("args", {})}
     ops = [e for e in host if e.get("cat") == "cpu_op"]
     for g in found:

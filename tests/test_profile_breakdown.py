@@ -225,8 +225,8 @@ def test_idle_gaps_say_what_the_host_did():
               {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 0.0, "dur": 5.0,
                "args": {"correlation": 6}},
               {"ph": "X", "cat": "cuda_runtime", "name": "cudaStreamSynchronize", "ts": 1 * ms, "dur": 4 * ms},
-              {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 6.8 * ms, "dur": 5.0,
-               "args": {"correlation": 7}},
+              {"ph": "X", "cat": "cuda_driver", "name": "cuLaunchKernelEx", "ts": 6.8 * ms, "dur": 5.0,
+               "args": {"correlation": 7}},  # Triton launches through the driver API
               {"ph": "X", "cat": "cpu_op", "name": "aten::item", "ts": 1 * ms, "dur": 4 * ms},  # before the gap
               {"ph": "X", "cat": "cpu_op", "name": "aten::randint", "ts": 5.2 * ms, "dur": 1 * ms},
               {"ph": "X", "cat": "cpu_op", "name": "aten::copy_", "ts": 6.3 * ms, "dur": 0.4 * ms}]
