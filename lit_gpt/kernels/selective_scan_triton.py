@@ -249,6 +249,45 @@ def _load_step(xp, zp, Bp, Cp, mask_d, n_col_mask, EVEN_D: tl.constexpr, EVEN_N:
 
 
 @triton.jit
+def _chain_segments_kernel(u_ptr, p_ptr, first_ptr, out_ptr, n_seg, M, HAS_FIRST: tl.constexpr,
+                           REVERSE: tl.constexpr, BLOCK: tl.constexpr):
+    """The state each time segment starts from, from the segments' summaries ([b, n_seg, M] each, M = states x
+    channels): forward, out[0] = first and out[s] = P[s-1] out[s-1] + U[s-1]; REVERSE (the backward's gradients
+    arriving at segment ends), out[n-1] = first and out[s-1] = P[s] out[s] + U[s]; ``first`` zero when absent. One
+    launch for what a host-side loop did in two per segment while the device waited."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < M
+    h = tl.zeros([BLOCK], dtype=tl.float32)
+    if HAS_FIRST:
+        h = tl.load(first_ptr + pid_b * M + offs, mask=mask, other=0.0).to(tl.float32)
+    for k in range(0, n_seg - 1):  # the summaries of the last (REVERSE: the first) segment are never written
+        if REVERSE:
+            s = n_seg - 1 - k
+        else:
+            s = k
+        row = (pid_b * n_seg + s) * M + offs
+        tl.store(out_ptr + row, h, mask=mask)
+        h = tl.load(p_ptr + row, mask=mask, other=0.0) * h + tl.load(u_ptr + row, mask=mask, other=0.0)
+    if REVERSE:
+        last = 0
+    else:
+        last = n_seg - 1
+    tl.store(out_ptr + (pid_b * n_seg + last) * M + offs, h, mask=mask)
+
+
+def _chain_segments(u: Tensor, p: Tensor, first: Optional[Tensor], reverse: bool) -> Tensor:
+    """[b, n_seg, ns, dim] segment starts (see _chain_segments_kernel); ``first``: [b, ns, dim] or None."""
+    b, n_seg = u.shape[:2]
+    m = u[0, 0].numel()
+    out = torch.empty_like(u)
+    block = 1024
+    _chain_segments_kernel[(b, triton.cdiv(m, block))](u, p, first if first is not None else u, out, n_seg, m,
+                                                      HAS_FIRST=first is not None, REVERSE=reverse, BLOCK=block)
+    return out
+
+
+@triton.jit
 def _scan_fwd_step_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, reset_ptr, h0_ptr,
                           y_ptr, hT_ptr, ckpt_ptr, sumU_ptr, sumP_ptr,
                           T, DIM, NS, n_ckpt, seg_len, n_seg,
@@ -520,13 +559,7 @@ def _scan_fwd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optiona
             *args, x, y, hT, ckpt, sumU, sumP, T, dim, ns, n_ckpt, seg_len, n_seg,
             HAS_H0=False, SUMMARY=True, **meta)
         # chain: start of segment s = P_{s-1} * start_{s-1} + U_{s-1}
-        starts = torch.empty_like(sumU)
-        h = h0 if h0 is not None else torch.zeros_like(hT)
-        starts[:, 0] = h
-        for i in range(1, n_seg):
-            h = torch.addcmul(sumU[:, i - 1], sumP[:, i - 1], h)
-            starts[:, i] = h
-        h0 = starts
+        h0 = _chain_segments(sumU, sumP, h0, reverse=False)
     kernel[(b, n_dblk, n_seg)](
         *args, h0 if h0 is not None else x, y, hT, ckpt, x, x, T, dim, ns, n_ckpt, seg_len, n_seg,
         HAS_H0=h0 is not None, SUMMARY=False, **meta)
@@ -588,12 +621,7 @@ def _scan_bwd(gy: Tensor, g_final: Optional[Tensor], x: Tensor, dt: Tensor, A: T
                 dt, A_k, C, dt_bias if dt_bias is not None else x, rst, gy, sumQ, sumP, T, dim, ns, seg_len, n_seg, 1,
                 NP=np2, BLOCK_T=cfg["BWD_BLOCK_T"], BLOCK_D=cfg["BWD_BLOCK_D"], HAS_BIAS=dt_bias is not None,
                 HAS_RESET=reset is not None, SOFTPLUS=_softplus_mode(dt_softplus), num_warps=cfg["BWD_WARPS"])
-            gT = torch.empty_like(sumQ)
-            q = _states_last(g_final) if g_final is not None else torch.zeros(b, ns, dim, device=dev, dtype=f32)
-            gT[:, n_seg - 1] = q
-            for i in range(n_seg - 1, 0, -1):
-                q = torch.addcmul(sumQ[:, i], sumP[:, i], q)
-                gT[:, i - 1] = q
+            gT = _chain_segments(sumQ, sumP, _states_last(g_final), reverse=True)
         dA_part = torch.empty(b * n_seg, ns, dim, device=dev, dtype=f32)
         dD_part = torch.empty(b * n_seg, dim, device=dev, dtype=f32) if D is not None else dA_part
         db_part = torch.empty(b * n_seg, dim, device=dev, dtype=f32) if dt_bias is not None else dA_part
