@@ -17,7 +17,8 @@ all gradients.  Identity used (no division, no shifted tiles):  a_t h_{t-1} = h_
 
 Time segments: when batch * d_inner is too small to fill the GPU, time is also cut into segments run by
 separate programs; a summary pass (segment scanned from zero: end state and product of decays; or, in
-backward, the reverse analogue) is chained on the host and the main kernels start each segment from there.
+backward, the reverse analogue) is chained by one small kernel over the segments (_chain_segments) and the main
+kernels start each segment from there.
 
 dA, dD and d(dt_bias) are reduced per program in registers (then summed over the batch in PyTorch); dB and
 dC, which are sums over channels, are accumulated with fp32 atomics.
