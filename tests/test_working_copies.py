@@ -12,7 +12,7 @@ from torch import nn
 from lit_gpt.kernels import adamw
 from lit_gpt.kernels.adamw import TritonAdamW
 from lit_gpt.training.cli import main
-from lit_gpt.training.working_copies import WorkingCopies, WorkingCopyLinear, attach
+from lit_gpt.training.working_copies import WorkingCopyLinear, attach
 from test_pretrain import TINY, assert_same_run, final_weights, read_metrics, resume_from
 
 
@@ -50,7 +50,7 @@ def test_linear_on_working_copy_is_autocast_linear(bias, monkeypatch):
 
 def test_copy_follows_optimizer_steps_and_refresh(monkeypatch):
     """The optimizer keeps the copy equal to the weight's bf16 rounding (here through torch's step on the CPU);
-    refresh() re-derives it after the weight changes outside the optimizer."""
+    refresh_working_copies() re-derives it after the weight changes outside the optimizer."""
     _, swapped = _pair(False, monkeypatch)
     optimizer = TritonAdamW(swapped.parameters(), lr=1e-2)
     optimizer.keep_working_copy(swapped.weight, swapped.working)
@@ -61,7 +61,7 @@ def test_copy_follows_optimizer_steps_and_refresh(monkeypatch):
     with torch.no_grad():
         swapped.weight.mul_(2)
     stale = swapped.working.clone()
-    WorkingCopies([swapped]).refresh()
+    optimizer.refresh_working_copies()
     assert not torch.equal(stale, swapped.working)
     assert torch.equal(swapped.working, swapped.weight.detach().to(torch.bfloat16))
     assert attach(nn.Sequential(), optimizer).modules == []  # nothing to swap

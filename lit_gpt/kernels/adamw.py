@@ -140,7 +140,9 @@ class TritonAdamW(torch.optim.AdamW):
                              f"its parameter {tuple(param.shape)} on {param.device}")
         self.__dict__.setdefault("_working", {})[param] = copy
 
-    def _refresh_working_copies(self) -> None:
+    @torch.no_grad()
+    def refresh_working_copies(self) -> None:
+        """Re-derive every working copy from its parameter (after weights change outside the optimizer: loading)."""
         working = self.__dict__.get("_working")
         if working:
             torch._foreach_copy_(list(working.values()), list(working.keys()))
@@ -157,7 +159,7 @@ class TritonAdamW(torch.optim.AdamW):
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
         if not self._triton_usable():
             loss = super().step(closure)
-            self._refresh_working_copies()
+            self.refresh_working_copies()
             return loss
         loss = None
         if closure is not None:

@@ -384,7 +384,7 @@ class Trainer:
         set_model_state_dict(self.sharded_model, self._with_wrapper_names(weights),
                              options=StateDictOptions(full_state_dict=True, strict=True))
         if self.working_copies is not None:
-            self.working_copies.refresh()
+            self.optimizer.optimizer.refresh_working_copies()
 
     def _load_optimizer(self, optim_sd: dict[str, Any]) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict

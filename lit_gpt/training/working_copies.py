@@ -13,8 +13,8 @@ so it is slightly more precise than autocast's; elsewhere it is autocast's bit f
 
 Applied from outside the model: ``attach`` swaps the class of each eligible ``nn.Linear`` (parameters, names and
 state_dicts unchanged; the copy is a plain attribute, so checkpoints and DDP's buffer broadcast never see it) and
-registers the copy with the optimizer. Whatever else changes the weights (loading a checkpoint) must call
-``WorkingCopies.refresh``. Not for FSDP, whose mixed-precision policy already gathers bf16 weights.
+registers the copy with the optimizer. Whatever else changes the weights (loading a checkpoint) must call the
+optimizer's ``refresh_working_copies``. Not for FSDP, whose mixed-precision policy already gathers bf16 weights.
 """
 
 from __future__ import annotations
@@ -72,14 +72,9 @@ class WorkingCopyLinear(nn.Linear):
 
 @dataclass
 class WorkingCopies:
-    """The swapped modules; ``refresh`` re-derives every copy from its weight (after weights are loaded)."""
+    """The swapped modules (the optimizer keeps their copies; it also re-derives them after a load)."""
 
     modules: list[WorkingCopyLinear] = field(default_factory=list)
-
-    @torch.no_grad()
-    def refresh(self) -> None:
-        if self.modules:
-            torch._foreach_copy_([m.working for m in self.modules], [m.weight for m in self.modules])
 
     @property
     def n_params(self) -> int:
