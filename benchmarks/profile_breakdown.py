@@ -36,6 +36,7 @@ CATEGORIES = ("gemm", "attn_fwd", "attn_bwd", "scan", "conv", "inductor", "cross
 PHASES = ("forward", "head_ce", "backward", "clip", "optimizer", "unattributed")
 MM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_mm")
 INDUCTOR = ("triton_poi", "triton_red", "triton_per", "triton_for")
+OUR_ELEMENTWISE = ("swiglu_bwd",)  # hand-written Triton kernels that replace an inductor kernel: counted with them
 ATTENTION = ("flash", "fmha", "sdpa", "attention", "flex")
 BACKWARD = ("bwd", "bprop", "backward", "cutlassb", "dot_do_o", "convert_dq")
 GEMM = ("gemm", "gemv", "cutlass", "cublas", "xmma", "nvjet", "splitk", "triton_tem") + MM_OPS
@@ -49,7 +50,9 @@ def categorize(name: str, phase: str = "") -> str:
     """The category of one kernel (CUDA kernel name, or aten op name on CPU); ``phase`` from ``phase_of``.
 
     Order matters: attention before gemm (``fmha_cutlass*``, cuDNN's ``*_sdpa_*``), our Triton scan before
-    inductor, and inductor/eager kernels launched by the head's cross-entropy count as cross-entropy.
+    inductor, and inductor/eager kernels launched by the head's cross-entropy count as cross-entropy. "inductor" also
+    holds our elementwise Triton kernels that take an inductor kernel's place (kernels/swiglu.py), so profiles
+    before and after compare.
     """
     n = name.lower()
     has = lambda keys: any(k in n for k in keys)  # noqa: E731
@@ -69,7 +72,7 @@ def categorize(name: str, phase: str = "") -> str:
         return "optimizer"
     if phase == "head_ce" or (not n.startswith("triton_") and has(CROSS_ENTROPY)):
         return "cross_entropy"
-    if n.startswith("triton_"):
+    if n.startswith("triton_") or n.startswith(OUR_ELEMENTWISE):
         return "inductor"
     if has(("at::native", "elementwise", "reduce_kernel", "cub::", "aten::")):
         return "aten_eager"

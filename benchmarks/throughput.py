@@ -23,6 +23,8 @@ guard, ``optimizer.step``, ``zero_grad``). A variant is a ``+``-joined set of to
                    on CUDA)
     forward_cast   autocast casts the fp32 weights at every forward;  optimizer_cast: the Triton AdamW writes bf16
                    working copies (``--weight_cast``; auto = optimizer on CUDA)
+    plain_swiglu   SwiGLU's backward as autograd/inductor write it (``LITSCALE_SWIGLU_TRITON=0``) instead of the
+                   one-pass Triton kernel of kernels/swiglu.py
 
 ``hf_llama`` in ``--variants`` (or ``--peer hf_llama``, appended last) runs the peer in the same process after our
 model is freed. Results print as a table and as JSON lines; ``--json`` keeps them all (rewritten after each).
@@ -58,7 +60,8 @@ from benchmarks.hf_llama_peer import PEAK_BF16, anchor_flops_per_token  # noqa: 
 from benchmarks.timing import environment, peak_memory_gb, time_steps  # noqa: E402
 
 TOKENS = ("base", "host_guard", "no_guard", "fused_ce", "dense_ce", "chunked_ce", "fused_clip", "expand_kv", "cudnn_attn",
-          "model_compile", "no_compile", "ac", "fast", "torch_adamw", "triton_adamw", "forward_cast", "optimizer_cast")
+          "model_compile", "no_compile", "ac", "fast", "torch_adamw", "triton_adamw", "forward_cast", "optimizer_cast",
+          "plain_swiglu")
 PEERS = ("hf_llama",)
 CPU_DEFAULTS = dict(depth=2, ar=32, ctx_len=64, micro_bsz=2, steps=3, warmup=1)
 GPU_DEFAULTS = dict(depth=16, ar=None, ctx_len=4096, micro_bsz=2, steps=10, warmup=3)
@@ -76,11 +79,12 @@ class Variant:
     ac: bool = False
     adamw: str = "auto"  # RunOptions.adamw_kernel
     weight_cast: str = "auto"  # RunOptions.weight_cast
+    plain_swiglu: bool = False
     tokens: list[str] = field(default_factory=list)
 
     def trace_key(self) -> tuple:
         """What changes the traced code: when it differs from the previous variant, dynamo's caches are reset."""
-        return (self.expand_kv, self.cudnn_attn, self.compile, self.ac)
+        return (self.expand_kv, self.cudnn_attn, self.compile, self.ac, self.plain_swiglu)
 
 
 def parse_variant(name: str, compile_default: bool, ac_default: bool) -> Variant:
@@ -115,6 +119,8 @@ def parse_variant(name: str, compile_default: bool, ac_default: bool) -> Variant
             v.adamw = t[:-6]
         elif t.endswith("_cast"):
             v.weight_cast = t[:-5]
+        elif t == "plain_swiglu":
+            v.plain_swiglu = True
     if v.compile == "model" and v.ce is None:
         v.ce = "dense"
     return v
@@ -202,6 +208,7 @@ def run_ours(args: argparse.Namespace, variant: Variant, work_dir: Path) -> dict
                       adamw_kernel=variant.adamw, weight_cast=variant.weight_cast, seed=args.seed, num_workers=0)
     with contextlib.ExitStack() as stack:
         stack.enter_context(env_var("LITSCALE_CE_IMPL", variant.ce))
+        stack.enter_context(env_var("LITSCALE_SWIGLU_TRITON", "0" if variant.plain_swiglu else None))
         stack.enter_context(expanded_kv(variant.expand_kv))
         stack.enter_context(cudnn_first(variant.cudnn_attn))
         trainer = Trainer(opts)

@@ -48,7 +48,8 @@ NAMES = {
     ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64", ""): "conv",
     ("triton_poi_fused__to_copy_add_mul_0", ""): "inductor",
     ("triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_1", "backward"): "inductor",
-    ("triton_per_fused__softmax_convolution_2", ""): "inductor",  # aten names inside an inductor kernel don't count
+    ("triton_per_fused__softmax_convolution_2", ""): "inductor",
+    ("swiglu_bwd", "backward"): "inductor",  # kernels/swiglu.py, in place of inductor's kernel  # aten names inside an inductor kernel don't count
     ("triton_red_fused__to_copy_arange_eq_exp_gather_logsumexp_mul_sub_where_0", "head_ce"): "cross_entropy",
     ("void at::native::(anonymous namespace)::cunn_SoftMaxForward<4, float, float>()", ""): "cross_entropy",
     ("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>()", "head_ce"):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from lit_gpt.kernels.swiglu import swiglu
 
 
 class SwiGLU(nn.Module):
@@ -14,5 +15,4 @@ class SwiGLU(nn.Module):
         self.proj = nn.Linear(hidden, n_embd, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.fc(x).chunk(2, dim=-1)
-        return self.proj(F.silu(gate) * up)
+        return self.proj(swiglu(self.fc(x)))
