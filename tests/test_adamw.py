@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
+from script_runner import run_script
 
 # Runs in a subprocess (TRITON_INTERPRET must be set before triton is imported) and also, unchanged, on CUDA.
 _PARITY_SCRIPT = textwrap.dedent(r"""
@@ -126,23 +122,12 @@ _PARITY_SCRIPT = textwrap.dedent(r"""
 
 
 def _run_parity(tmp_path: Path, device: str) -> dict:
-    script = tmp_path / "adamw_parity.py"
-    script.write_text(_PARITY_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    if device == "cpu":
-        env["TRITON_INTERPRET"] = "1"
     import socket
 
     with socket.socket() as sock:  # a free port for the one-process gloo group of the DTensor case
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])
-    proc = subprocess.run([sys.executable, str(script), str(REPO), device, port], capture_output=True, text=True,
-                          env=env, timeout=600)
-    if proc.returncode == 77:
-        pytest.skip("triton is not importable here: " + proc.stdout[-300:])
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
+    return run_script(tmp_path, _PARITY_SCRIPT, device, port, interpret=device == "cpu", timeout=600)
 
 
 def test_triton_adamw_matches_torch_fused_in_the_interpreter(tmp_path):

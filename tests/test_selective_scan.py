@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from script_runner import run_script
 
 from lit_gpt.kernels.selective_scan import (
     resolve_impl,
@@ -314,16 +315,7 @@ _INTERPRET_SCRIPT = textwrap.dedent(r"""
 
 def test_triton_interpreter_parity(tmp_path):
     pytest.importorskip("triton")
-    script = tmp_path / "interp.py"
-    script.write_text(_INTERPRET_SCRIPT)
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, str(script), str(REPO)], capture_output=True, text=True, env=env,
-                          timeout=300)
-    if proc.returncode == 77:
-        pytest.skip("Triton interpreter does not support this kernel here: " + proc.stdout[-500:])
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    err = json.loads(line[len("RESULT "):])
+    err = run_script(tmp_path, _INTERPRET_SCRIPT)
     assert len(err) == 19 and all(k in err for k in ("dx", "ddt", "dA", "dB", "dC", "dD", "ddt_bias",
                                                      "dinitial_state"))
     # the series below e^z = 1/32 (< 2e-7), the precise log above: there the fp32 rounding of 1 + e^z dominates

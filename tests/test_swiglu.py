@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
+from script_runner import run_script
 
 
 def grad_errors(device: str, dtype: torch.dtype, shape: tuple, seed: int = 0, compile_backend=None) -> dict:
@@ -74,15 +69,7 @@ _INTERPRET_SCRIPT = textwrap.dedent(r"""
 
 def test_triton_backward_in_the_interpreter(tmp_path):
     pytest.importorskip("triton")
-    script = tmp_path / "swiglu_interp.py"
-    script.write_text(_INTERPRET_SCRIPT)
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, str(script), str(REPO)], capture_output=True, text=True, env=env,
-                          timeout=300)
-    if proc.returncode == 77:
-        pytest.skip("triton is not importable here: " + proc.stdout[-300:])
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    r = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][len("RESULT "):])
+    r = run_script(tmp_path, _INTERPRET_SCRIPT)
     assert r["fp32"]["path"] == "_SwiGLUBackward" and r["fp32"]["grad_elem_rel"] < 1e-5, r
     # the interpreter's bf16 cast truncates (the GPU rounds to nearest even): within one bf16 step, 2^-7
     assert r["bf16"]["path"] == "_SwiGLUBackward" and r["bf16"]["dtype"] == "torch.bfloat16", r

@@ -23,10 +23,11 @@ torch's fused kernel (one launch per group and dtype); parameters off the GPU (C
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Optional
 
 import torch
+
+from lit_gpt.kernels.triton_support import runs_on
 
 __all__ = ["TritonAdamW", "kernel_takes", "triton_step_applies"]
 
@@ -35,10 +36,6 @@ WARPS = 8
 # smaller tensors (norm gains, biases, Mamba's A_log/D) go to torch's fused multi-tensor kernel in one launch: a Triton
 # launch costs ≈ 30 µs of host time, more than such a tensor's update takes on the GPU
 MIN_TRITON_NUMEL = 1 << 20
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -52,11 +49,7 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 def triton_step_applies(params: list[torch.Tensor]) -> bool:
     """Whether the Triton kernel can run these parameters' step: triton importable and every one on a CUDA device
     (CPU tensors too under the interpreter). Otherwise (CPU-offloaded FSDP, CPU runs) torch's fused step runs."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return all(p.device.type == "cuda" or (p.device.type == "cpu" and _interpreting()) for p in params)
+    return all(runs_on(p) for p in params)
 
 
 def kernel_takes(p: torch.Tensor, g: torch.Tensor) -> bool:

@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lit_gpt.kernels.triton_support import runs_on
+
 IMPLS = ("reference", "chunked", "triton", "mamba_ssm")
 DEFAULT_CHUNK_SIZE = 64
 
@@ -235,11 +237,7 @@ def _selective_scan_mamba(x, dt, A, B, C, D, dt_bias, dt_softplus, return_final_
 # dispatch
 # ----------------------------------------------------------------------------------------------
 def _triton_runs_on(x: Tensor) -> bool:
-    if not triton_available():
-        return False
-    if x.is_cuda:
-        return True
-    return x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return triton_available() and runs_on(x)
 
 
 @functools.lru_cache(maxsize=None)

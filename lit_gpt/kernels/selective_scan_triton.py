@@ -36,6 +36,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from lit_gpt.kernels.triton_support import interpreting
+
 __all__ = ["selective_scan_triton", "CONFIG", "checkpoint_steps"]
 
 
@@ -516,7 +518,7 @@ def _softplus_mode(dt_softplus: bool) -> int:
     has no libdevice)."""
     if not dt_softplus:
         return 0
-    return 2 if CONFIG["FAST_SOFTPLUS"] and os.environ.get("TRITON_INTERPRET", "0") != "1" else 1
+    return 2 if CONFIG["FAST_SOFTPLUS"] and not interpreting() else 1
 
 
 def _np2(n: int) -> int:

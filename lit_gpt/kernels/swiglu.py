@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lit_gpt.kernels.triton_support import runs_on
+
 __all__ = ["swiglu", "swiglu_reference"]
 
 ENV = "LITSCALE_SWIGLU_TRITON"  # "0": always the plain torch path
@@ -31,20 +33,9 @@ def swiglu_reference(fused: Tensor) -> Tensor:
     return F.silu(gate) * up
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def _triton_applies(fused: Tensor) -> bool:
-    if os.environ.get(ENV, "1") == "0" or not fused.requires_grad or fused.dtype not in _DTYPES:
-        return False
-    if not (fused.is_cuda or (fused.device.type == "cpu" and _interpreting())):
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return fused.shape[-1] % 2 == 0
+    return (os.environ.get(ENV, "1") != "0" and fused.requires_grad and fused.dtype in _DTYPES
+            and fused.shape[-1] % 2 == 0 and runs_on(fused))
 
 
 def swiglu(fused: Tensor) -> Tensor:
