@@ -13,6 +13,7 @@ in fp32 and rounds once, like inductor's fused kernel (eager autograd rounds the
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -57,6 +58,7 @@ class _SwiGLU(torch.autograd.Function):
         return torch.ops.litscale.swiglu_bwd(fused, grad)
 
 
+@functools.lru_cache(maxsize=None)
 def _kernel():
     import triton
     import triton.language as tl
@@ -80,9 +82,6 @@ def _kernel():
     return swiglu_bwd
 
 
-_KERNEL = []
-
-
 @torch.library.custom_op("litscale::swiglu_bwd", mutates_args=())
 def _swiglu_bwd(fused: Tensor, grad: Tensor) -> Tensor:
     """d(silu(gate) · up)/d[gate | up] given the gradient of the product: [..., 2H] in ``fused``'s dtype."""
@@ -94,9 +93,7 @@ def _swiglu_bwd(fused: Tensor, grad: Tensor) -> Tensor:
     rows = grad.numel() // hidden if hidden else 0
     if rows == 0:
         return out
-    if not _KERNEL:
-        _KERNEL.append(_kernel())
-    _KERNEL[0][(rows, triton.cdiv(hidden, BLOCK))](fused, grad, out, hidden, BLOCK=BLOCK, num_warps=4)
+    _kernel()[(rows, triton.cdiv(hidden, BLOCK))](fused, grad, out, hidden, BLOCK=BLOCK, num_warps=4)
     return out
 
 
