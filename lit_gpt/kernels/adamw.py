@@ -23,6 +23,7 @@ torch's fused kernel (one launch per group and dtype); parameters off the GPU (C
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional
 
 import torch
@@ -59,6 +60,7 @@ def kernel_takes(p: torch.Tensor, g: torch.Tensor) -> bool:
             and p.data_ptr() % 16 == 0 and g.data_ptr() % 16 == 0)
 
 
+@functools.lru_cache(maxsize=None)
 def _kernel():
     import triton
     import triton.language as tl
@@ -98,28 +100,22 @@ def _kernel():
     return adamw_step
 
 
-_KERNEL: Optional[Callable] = None
-
-
 def adamw_step_(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
                 step: torch.Tensor, *, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
                 grad_scale: Optional[torch.Tensor] = None, found_inf: Optional[torch.Tensor] = None,
                 working: Optional[torch.Tensor] = None) -> None:
     """One AdamW update of one tensor in place (``step`` already counts this step); ``working``, if given, receives
     the updated parameter in its dtype."""
-    global _KERNEL
-    if _KERNEL is None:
-        _KERNEL = _kernel()
     n = param.numel()
     if n == 0:
         return
-    _KERNEL[((n + BLOCK - 1) // BLOCK,)](param, grad, exp_avg, exp_avg_sq,
-                                         param if working is None else working, n, step,  # unread when absent
-                                         step if grad_scale is None else grad_scale,
-                                         step if found_inf is None else found_inf,
-                                         float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
-                                         HAS_SCALE=grad_scale is not None, HAS_INF=found_inf is not None,
-                                         HAS_COPY=working is not None, BLOCK=BLOCK, num_warps=WARPS)
+    _kernel()[((n + BLOCK - 1) // BLOCK,)](param, grad, exp_avg, exp_avg_sq,
+                                           param if working is None else working, n, step,  # unread when absent
+                                           step if grad_scale is None else grad_scale,
+                                           step if found_inf is None else found_inf,
+                                           float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
+                                           HAS_SCALE=grad_scale is not None, HAS_INF=found_inf is not None,
+                                           HAS_COPY=working is not None, BLOCK=BLOCK, num_warps=WARPS)
 
 
 class TritonAdamW(torch.optim.AdamW):
