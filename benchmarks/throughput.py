@@ -25,6 +25,8 @@ guard, ``optimizer.step``, ``zero_grad``). A variant is a ``+``-joined set of to
                    working copies (``--weight_cast``; auto = optimizer on CUDA)
     plain_swiglu   SwiGLU's backward as autograd/inductor write it (``LITSCALE_SWIGLU_TRITON=0``) instead of the
                    one-pass Triton kernel of kernels/swiglu.py
+    autograd_accum with --grad_accum > 1: autograd adds each micro step's weight gradients to .grad instead of the
+                   weight-gradient GEMMs adding into the gradient so far (training/working_copies.py)
 
 ``hf_llama`` in ``--variants`` (or ``--peer hf_llama``, appended last) runs the peer in the same process after our
 model is freed. Results print as a table and as JSON lines; ``--json`` keeps them all (rewritten after each).
@@ -61,7 +63,7 @@ from benchmarks.timing import environment, peak_memory_gb, time_steps  # noqa: E
 
 TOKENS = ("base", "host_guard", "no_guard", "fused_ce", "dense_ce", "chunked_ce", "fused_clip", "expand_kv", "cudnn_attn",
           "model_compile", "no_compile", "ac", "fast", "torch_adamw", "triton_adamw", "forward_cast", "optimizer_cast",
-          "plain_swiglu")
+          "plain_swiglu", "autograd_accum")
 PEERS = ("hf_llama",)
 CPU_DEFAULTS = dict(depth=2, ar=32, ctx_len=64, micro_bsz=2, steps=3, warmup=1)
 GPU_DEFAULTS = dict(depth=16, ar=None, ctx_len=4096, micro_bsz=2, steps=10, warmup=3)
@@ -80,6 +82,7 @@ class Variant:
     adamw: str = "auto"  # RunOptions.adamw_kernel
     weight_cast: str = "auto"  # RunOptions.weight_cast
     plain_swiglu: bool = False
+    autograd_accum: bool = False
     tokens: list[str] = field(default_factory=list)
 
     def trace_key(self) -> tuple:
@@ -121,6 +124,8 @@ def parse_variant(name: str, compile_default: bool, ac_default: bool) -> Variant
             v.weight_cast = t[:-5]
         elif t == "plain_swiglu":
             v.plain_swiglu = True
+        elif t == "autograd_accum":
+            v.autograd_accum = True
     if v.compile == "model" and v.ce is None:
         v.ce = "dense"
     return v
@@ -218,6 +223,8 @@ def run_ours(args: argparse.Namespace, variant: Variant, work_dir: Path) -> dict
             torch.cuda.reset_peak_memory_stats(device)
         mem_before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
         trainer.build()
+        if variant.autograd_accum and trainer.working_copies is not None:
+            trainer.working_copies.accumulating = contextlib.nullcontext
         if variant.compile == "model":
             trainer.model._forward_module.compile()
         config, plan, fabric, optimizer = trainer.config, trainer.plan, trainer.fabric, trainer.optimizer

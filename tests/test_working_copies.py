@@ -4,6 +4,7 @@ exact resume, and the cases where they must not apply."""
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -12,7 +13,8 @@ from torch import nn
 from lit_gpt.kernels import adamw
 from lit_gpt.kernels.adamw import TritonAdamW
 from lit_gpt.training.cli import main
-from lit_gpt.training.working_copies import WorkingCopyLinear, attach
+from lit_gpt.training.working_copies import (WorkingCopies, WorkingCopyLinear, accumulate_weight_gradient_, attach,
+                                             weight_gradient)
 from test_pretrain import TINY, assert_same_run, final_weights, read_metrics, resume_from
 
 
@@ -46,6 +48,51 @@ def test_linear_on_working_copy_is_autocast_linear(bias, monkeypatch):
     if bias:  # summed in fp32 here, in bf16 by autocast's linear
         assert torch.allclose(grads[0][2], grads[1][2], rtol=1e-2, atol=1e-2)
     assert torch.equal(plain(x), swapped(x))  # outside autocast: the fp32 weight, as a plain Linear
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_accumulating_sums_in_the_weight_gradient_op(compiled, monkeypatch):
+    """Micro steps after the first: the module's backward adds its product to the gradient so far in place, autograd
+    gets no weight gradient to accumulate (its hook sees None), and .grad ends up bit for bit what autograd's own
+    accumulation gives, eager and compiled; a weight no backward reached keeps its gradient."""
+    plain, swapped = _pair(False, monkeypatch)
+    copies = WorkingCopies([swapped])
+    run = torch.compile(swapped, backend="aot_eager") if compiled else swapped
+    arrived = []
+    swapped.weight.register_hook(lambda g: arrived.append(g is not None))
+
+    def micro_step(module, x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            module(x).float().square().sum().backward()
+
+    for i in range(3):
+        x = torch.randn(3, 5, 64)
+        micro_step(plain, x)
+        before = swapped.weight.grad
+        with copies.accumulating() if i else nullcontext():
+            micro_step(run, x)
+        assert torch.equal(plain.weight.grad, swapped.weight.grad)
+        assert i == 0 or swapped.weight.grad is before  # summed in place
+        assert swapped.accumulated is None
+    assert arrived == [True, False, False]
+    kept = swapped.weight.grad
+    with copies.accumulating():
+        pass
+    assert swapped.weight.grad is kept
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_weight_gradient_accumulates_in_the_gemm_on_cuda():
+    g = torch.randn(512, 48, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(512, 64, device="cuda", dtype=torch.bfloat16)
+    accumulated = torch.randn(48, 64, device="cuda")
+    want = accumulated.double() + g.t().double() @ x.double()
+    pointer = accumulated.data_ptr()
+    accumulate_weight_gradient_(accumulated, g, x)
+    assert accumulated.data_ptr() == pointer and torch.allclose(accumulated.double(), want, rtol=1e-5, atol=1e-4)
+    assert torch.equal(weight_gradient(g, x), torch.mm(g.t(), x, out_dtype=torch.float32))
+    torch.library.opcheck(torch.ops.litscale.accumulate_weight_gradient_, (accumulated, g, x))
 
 
 def test_copy_follows_optimizer_steps_and_refresh(monkeypatch):
@@ -152,3 +199,19 @@ def test_bf16_run_with_working_copies_matches_autocast_casts_and_resumes(device,
                                 "--out_dir", str(out), "--weight_cast", mode, "--load_dir", str(copies)]) == 0
         loaded[mode] = [float(r["train_loss"]) for r in read_metrics(out) if r["train_loss"]]
     assert len(loaded["forward"]) == 2 and same(loaded["forward"], loaded["optimizer"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_accumulating_run_matches_autocast_casts(builtin_data, tmp_path, monkeypatch):
+    """Four micro steps per optimizer step through compiled Blocks: the GEMMs' accumulation (a second graph per
+    Block, with the gradient so far as an input) trains like autocast's casts and autograd's accumulation."""
+    monkeypatch.setattr(adamw, "MIN_TRITON_NUMEL", 1)
+    run = BF16_RUN + ["--train_data_dir", builtin_data, "--max_steps", "6", "--save_step", "100", "--compile", "true",
+                      "--total_bsz", "1024"]
+    losses = {}
+    for mode in ("forward", "optimizer"):
+        out = tmp_path / mode
+        assert main(run + ["--out_dir", str(out), "--weight_cast", mode]) == 0
+        losses[mode] = [float(r["train_loss"]) for r in read_metrics(out) if r["train_loss"]]
+    assert len(losses["forward"]) == 6 and losses["optimizer"] == pytest.approx(losses["forward"], rel=2e-3)

@@ -462,7 +462,10 @@ class Trainer:
             batch = next(batches).to(fabric.device, non_blocking=True).long()
             x, y = batch[:, :-1], batch[:, 1:]
             sync = nullcontext() if micro == ga - 1 else fabric.no_backward_sync(model)
-            with sync:
+            # micro steps after the first sum their weight gradients in the GEMMs; not the one DDP reduces, whose
+            # hooks need autograd to deliver every gradient
+            accumulate = self.working_copies is not None and micro > 0 and (micro < ga - 1 or fabric.world_size == 1)
+            with sync, self.working_copies.accumulating() if accumulate else nullcontext():
                 loss = model(x, targets=y, label_smoothing=opts.label_smoothing).loss
                 fabric.backward(loss / ga)
             step_loss += loss.detach() / ga

@@ -149,14 +149,17 @@ def compile_blocks(model: nn.Module) -> None:
     """Regional compile: each Block compiles in place (names and state dicts stay unchanged).
 
     Hybrids have several block kinds (Mamba, SWA, GMU, cross-attention, ...) and validation runs at k·T, each a
-    separate graph: dynamo's default of 8 recompiles would silently drop later blocks back to eager.
+    separate graph: dynamo's default of 8 recompiles would silently drop later blocks back to eager. Shapes are
+    static: on a recompile dynamo would otherwise make the dimensions that differ from the first graph symbolic, and
+    with gradient accumulation (a second graph per kind, training/working_copies.py) that left SambaY's Mamba
+    backward kernels 3-4x slower (docs/benchmarks.md, section 1).
     """
     import torch._dynamo
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     for module in model.modules():
         if isinstance(module, Block):
-            module.compile()
+            module.compile(dynamic=False)
 
 
 def parallelize(model: nn.Module, fabric, opts: RunOptions, system: System) -> nn.Module:
