@@ -149,6 +149,8 @@ def test_parse_variant_tokens():
     assert throughput.parse_variant("base", compile_default=True, ac_default=False).adamw == "auto"
     assert throughput.parse_variant("torch_adamw", compile_default=True, ac_default=False).adamw == "torch"
     assert throughput.parse_variant("fast+triton_adamw", compile_default=True, ac_default=False).adamw == "triton"
+    assert throughput.parse_variant("autograd_accum", compile_default=True, ac_default=False).autograd_accum
+    assert not throughput.parse_variant("base", compile_default=True, ac_default=False).autograd_accum
 
 
 def test_cpu_smoke_optimizer_benchmark(tmp_path):
@@ -254,3 +256,43 @@ def test_cpu_fused_clip_variant_through_the_trainer(tmp_path, monkeypatch):
     assert fast["ce_impl"] == "fused" and fast["variant"]["guard_on"] == "device" and fast["skipped_steps"] == 0
     assert host["variant"]["guard_on"] == "host"
     assert abs(fast["final_loss"] - math.log(256)) < 0.5
+
+
+CEILING_SCRIPT = r"""
+import json, math, sys
+sys.path.insert(0, sys.argv[1])
+try:
+    import torch
+    from benchmarks import scan_ceiling as sc
+except ImportError as err:
+    print(err); sys.exit(77)
+probe = torch.linspace(-125.0, 0.0, 4096)
+got = torch.empty_like(probe)
+sc.exp2_kernel[(4,)](probe, got, probe.numel(), BLOCK=1024)
+exact = torch.exp2(probe.double())
+errors = {"exp2_fma": ((got.double() - exact).abs() / exact).max().item()}
+tokens, dim, ns = 32, 64, 16
+g = torch.Generator().manual_seed(0)
+x = torch.randn(tokens, dim, generator=g).bfloat16()
+dt = torch.exp(torch.empty(tokens, dim).uniform_(math.log(1e-3), math.log(0.1), generator=g)).bfloat16()
+A2 = (-torch.arange(1, ns + 1, dtype=torch.float32)[:, None].repeat(1, dim) * sc.LOG2E).contiguous()
+B, C = torch.randn(tokens, ns, generator=g).bfloat16(), torch.randn(tokens, ns, generator=g).bfloat16()
+for work in sc.WORKS:
+    for poly in (0, 5, 16):
+        out = torch.empty(tokens, dim)
+        sc.ceiling_kernel[(tokens // 16, dim // 32)](x, dt, A2, B, C, out, dim, NS=ns, WORK=sc.WORKS[work], POLY=poly,
+                                                     BLOCK_T=16, BLOCK_D=32)
+        want = sc.reference(work, x, dt, A2, B, C)
+        errors[f"{work}_poly{poly}"] = ((out.double() - want).abs().max() / want.abs().max()).item()
+print("RESULT " + json.dumps(errors))
+"""
+
+
+def test_scan_ceiling_kernels_compute_what_they_claim(tmp_path):
+    """benchmarks/scan_ceiling.py's kernels in Triton's interpreter: the FMA-only exp2 within 3e-7 of exact over the
+    scan's range, and every stage (with 0, 5 or 16 of its exponentials on FMAs) equal to its float64 reference."""
+    from script_runner import run_script
+
+    errors = run_script(tmp_path, CEILING_SCRIPT)
+    assert errors.pop("exp2_fma") < 3e-7
+    assert len(errors) == 9 and max(errors.values()) < 1e-5, errors
