@@ -4,9 +4,10 @@ time dependency, against the bytes the scan must move.
     python benchmarks/scan_ceiling.py --json ceiling.json            # 64k tokens x d_inner 4096, N = 16, bf16
 
 Why: issue #4 asks the Triton scan's main loop for half of the H100's memory bandwidth. The forward must move
-x, dt and y (2 bytes each per token and channel, plus B and C per token) but also evaluate one exponential per
-token, channel and state. These kernels stream the same bytes over a [tokens, channels] grid with all the GPU's
-parallelism (no recurrence, so no sequential chain to wait on) and each do more of the scan's arithmetic:
+x, dt and y (2 bytes each per token and channel in bf16, 4 with ``--dtype fp32``; B and C per token) but also
+evaluate one exponential per token, channel and state. These kernels stream the same bytes over a [tokens, channels]
+grid with all the GPU's parallelism (no recurrence, so no sequential chain to wait on) and each do more of the scan's
+arithmetic:
 
 * ``copy``      — y = x + dt: the bytes alone;
 * ``ex2``       — plus, per state, exp2(dt·A) on the special-function unit and one FMA (Σₙ a·B);
@@ -141,6 +142,8 @@ def main(argv=None) -> int:
     p.add_argument("--polys", type=int, nargs="+", default=[0, 2, 4, 8], help="exponentials per element on FMAs")
     p.add_argument("--tiles", default="16x128x4,32x128x4,16x256x8,64x64x4,8x256x4",
                    help="BLOCK_TxBLOCK_DxWARPS launch shapes; each kernel's fastest is reported")
+    p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16",
+                   help="of x, dt, B, C and y (bf16 under the layer's autocast)")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--peak-bw", type=float, default=3.0e12, help="bytes/s of a device-to-device copy (H100: 3.0e12)")
     p.add_argument("--scan", action="store_true", help="also time the Triton scan forward on the same data")
@@ -149,14 +152,15 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         p.error("needs a CUDA device")
     dev, ns, dim, tokens = torch.device("cuda"), args.d_state, args.d_inner, args.tokens
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     g = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.randn(tokens, dim, generator=g).to(dev, torch.bfloat16)
+    x = torch.randn(tokens, dim, generator=g).to(dev, dtype)
     # softplus-range steps (1e-3 .. 0.1) and S4D-real decays A = -(1..N), as a trained Mamba layer sees
-    dt = torch.exp(torch.empty(tokens, dim).uniform_(math.log(1e-3), math.log(0.1), generator=g)).to(dev, torch.bfloat16)
+    dt = torch.exp(torch.empty(tokens, dim).uniform_(math.log(1e-3), math.log(0.1), generator=g)).to(dev, dtype)
     A = -torch.arange(1, ns + 1, dtype=torch.float32)[:, None].repeat(1, dim).to(dev)
     A2 = (A * LOG2E).contiguous()
-    B = torch.randn(tokens, ns, generator=g).to(dev, torch.bfloat16)
-    C = torch.randn(tokens, ns, generator=g).to(dev, torch.bfloat16)
+    B = torch.randn(tokens, ns, generator=g).to(dev, dtype)
+    C = torch.randn(tokens, ns, generator=g).to(dev, dtype)
     y = torch.empty_like(x)
 
     probe = torch.linspace(-125.0, 0.0, 1 << 20, device=dev)
@@ -166,7 +170,8 @@ def main(argv=None) -> int:
 
     tiles = [tuple(int(v) for v in s.split("x")) for s in args.tiles.split(",")]
     cases = [("copy", 0)] + [(w, k) for w in ("ex2", "scan_work") for k in args.polys]
-    bytes_moved = tokens * dim * 3 * 2 + tokens * ns * 2 * 2
+    size = x.element_size()
+    bytes_moved = tokens * dim * 3 * size + tokens * ns * 2 * size
     exps = tokens * dim * ns
     rows = []
     for work, poly in cases:
@@ -190,7 +195,8 @@ def main(argv=None) -> int:
         ms, tile, err = best
         row = dict(kernel=work if not poly else f"{work}_poly{poly}", ms=round(ms, 4), tile="x".join(map(str, tile)),
                    gb_s=round(bytes_moved / ms / 1e6, 1), bw_fraction=round(bytes_moved / (ms / 1e3) / args.peak_bw, 3),
-                   exp2_per_s=None if work == "copy" else float(f"{exps / (ms / 1e3):.4g}"), max_rel_err=float(f"{err:.2e}"))
+                   exp2_per_s=None if work == "copy" else float(f"{exps / (ms / 1e3):.4g}"),
+                   max_rel_err=float(f"{err:.2e}"))
         rows.append(row)
         print(row, flush=True)
     if args.scan:
