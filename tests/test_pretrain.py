@@ -171,16 +171,18 @@ def test_torchrun_gloo_matches_single_process(tmp_path, launch):
 def test_torchrun_gloo_working_copies_match_autocast_casts(tmp_path):
     """DDP on 2 CPU ranks in bf16-mixed: with the optimizer's bf16 working copies (training/working_copies.py) every
     loss and gradient norm equals autocast's per-forward casts exactly (on the CPU the weight gradient is rounded as
-    autocast rounds it), so the copies stay current on every rank."""
+    autocast rounds it), so the copies stay current on every rank. Three micro steps per optimizer step: the second
+    adds its weight gradients in place (working_copies.WorkingCopies.accumulating), the third, which DDP reduces, goes
+    through autograd."""
     script = ROOT / "tests" / "helpers" / "ddp_equivalence.py"
     runs = {}
     for mode in ("forward", "optimizer"):
-        env = dict(os.environ, OMP_NUM_THREADS="1", EQ_PRECISION="bf16-mixed", EQ_WEIGHT_CAST=mode)
+        env = dict(os.environ, OMP_NUM_THREADS="1", EQ_PRECISION="bf16-mixed", EQ_WEIGHT_CAST=mode, EQ_MICRO_STEPS="3")
         subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29627",
                         str(script), str(tmp_path / f"{mode}.json")], check=True, env=env, timeout=300)
         runs[mode] = json.loads((tmp_path / f"{mode}.json").read_text())
     cast, copies = runs["forward"], runs["optimizer"]
-    assert cast["world"] == copies["world"] == 2
+    assert cast["world"] == copies["world"] == 2 and cast["grad_accum"] == copies["grad_accum"] == 3
     assert cast["working_copies"] == 0 and copies["working_copies"] == 8
     assert max(cast["losses"]) - min(cast["losses"]) > 1e-3  # the steps move the model
     assert cast["losses"] == copies["losses"] and cast["grad_norms"] == copies["grad_norms"]

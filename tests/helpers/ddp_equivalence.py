@@ -44,12 +44,13 @@ def main(out_path: str) -> None:
     if rows % world:
         raise SystemExit(f"EQ_GLOBAL_ROWS={rows} must be a multiple of the {world} processes")
     micro = rows // world
+    accum = int(os.environ.get("EQ_MICRO_STEPS", "2"))  # micro steps per optimizer step
     if os.environ.get("EQ_WEIGHT_CAST") == "optimizer":  # every Linear of the tiny model gets a bf16 working copy
         import lit_gpt.kernels.adamw as adamw
 
         adamw.MIN_TRITON_NUMEL = 1
     opts = RunOptions(train_model="transformer", depth=2, ar=16, train_name="ddp_mup", ctx_len=T, micro_bsz=micro,
-                      total_bsz=2 * rows * T, max_steps=STEPS, log_step=1, eval_step=10_000, save_step=10_000,
+                      total_bsz=accum * rows * T, max_steps=STEPS, log_step=1, eval_step=10_000, save_step=10_000,
                       out_dir=os.path.join(os.path.dirname(out_path), f"run_w{world}"), num_workers=0,
                       vocab_size=VOCAB, base_hps=BaseHyperparameters(d0=2, eta0=0.01, b0=256, warmup_tokens0=256),
                       strategy=os.environ.get("EQ_STRATEGY", "ddp") if world > 1 else "auto", compile=False,
