@@ -96,8 +96,9 @@ class RunOptions:
     adamw_kernel: str = "auto"
     # where the forward's bf16 weights come from under bf16-mixed: "forward" = autocast casts each fp32 weight at every
     # forward; "optimizer" = the Triton AdamW writes a bf16 copy of each large Linear weight as it updates it and the
-    # weight gradients leave their GEMMs in fp32 (training/working_copies.py; not with FSDP, whose policy gathers bf16
-    # weights itself); "auto" = optimizer on CUDA where it applies
+    # weight gradients leave their GEMMs in fp32, added in place to the gradient so far when accumulating
+    # (training/working_copies.py; not with FSDP, whose policy gathers bf16 weights itself); "auto" = optimizer on
+    # CUDA where it applies
     weight_cast: str = "auto"
     spike_threshold: Optional[float] = None  # skip a step whose loss exceeds threshold x moving average
     max_skips: int = 20  # within the last 100 steps, then stop with a checkpoint
