@@ -51,11 +51,12 @@ def accumulate_weight_gradient_(accumulated: torch.Tensor, grad_out: torch.Tenso
     if accumulated.is_cuda:
         torch.addmm(accumulated, grad_out.t(), x, out_dtype=torch.float32, out=accumulated)
     else:
-        accumulated.add_((grad_out.t() @ x).float())
+        accumulated.add_(weight_gradient(grad_out, x))
 
 
 class _LinearOnWorkingCopy(torch.autograd.Function):
-    """y = x·Wᵀ + b with the low-precision copy of W; the gradient goes to the fp32 W (plus ``accumulated``)."""
+    """y = x·Wᵀ + b with the low-precision copy of W; the gradient goes to the fp32 W, or into ``accumulated`` in place
+    when that is given (the weight's gradient so far)."""
 
     @staticmethod
     def forward(ctx, x, weight, working, bias, accumulated):
@@ -69,12 +70,12 @@ class _LinearOnWorkingCopy(torch.autograd.Function):
         x_low, working, accumulated = ctx.saved_tensors
         grad_out = grad_out.to(working.dtype)
         grad_x = (grad_out @ working).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
-        rows = grad_out.reshape(-1, grad_out.shape[-1])
+        rows, inputs = grad_out.reshape(-1, grad_out.shape[-1]), x_low.reshape(-1, x_low.shape[-1])
         grad_w = None
         if ctx.needs_input_grad[1] and accumulated is None:
-            grad_w = weight_gradient(rows, x_low.reshape(-1, x_low.shape[-1]))
+            grad_w = weight_gradient(rows, inputs)
         elif ctx.needs_input_grad[1]:  # summed in place; WorkingCopies.accumulating hands it back to .grad
-            accumulate_weight_gradient_(accumulated, rows, x_low.reshape(-1, x_low.shape[-1]))
+            accumulate_weight_gradient_(accumulated, rows, inputs)
         grad_b = rows.sum(0, dtype=torch.float32) if ctx.has_bias and ctx.needs_input_grad[3] else None
         return grad_x, grad_w, None, grad_b, None
 
