@@ -35,7 +35,7 @@ import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.timing import environment  # noqa: E402
+from benchmarks.timing import environment, time_call_ms  # noqa: E402
 
 LOG2E = 1.4426950408889634
 
@@ -111,17 +111,18 @@ def reference(work: str, x, dt, A2, B, C) -> torch.Tensor:
 
 
 def median_ms(fn, reps: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    fn()  # compile and warm up
+    return statistics.median(time_call_ms(fn, cuda=True) for _ in range(reps))
+
+
+def result(kernel: str, ms: float, bytes_moved: int, peak_bw: float, exps=None, tile: str = "", err=None) -> dict:
+    """One printed and saved row: time, bandwidth (and its share of ``peak_bw``), exponentials per second."""
+    row = dict(kernel=kernel, ms=round(ms, 4), tile=tile, gb_s=round(bytes_moved / ms / 1e6, 1),
+               bw_fraction=round(bytes_moved / (ms / 1e3) / peak_bw, 3),
+               exp2_per_s=None if exps is None else float(f"{exps / (ms / 1e3):.4g}"),
+               max_rel_err=None if err is None else float(f"{err:.2e}"))
+    print(row, flush=True)
+    return row
 
 
 def sm_clock_mhz() -> dict:
@@ -193,12 +194,8 @@ def main(argv=None) -> int:
             if best is None or ms < best[0]:
                 best = (ms, tile, err)
         ms, tile, err = best
-        row = dict(kernel=work if not poly else f"{work}_poly{poly}", ms=round(ms, 4), tile="x".join(map(str, tile)),
-                   gb_s=round(bytes_moved / ms / 1e6, 1), bw_fraction=round(bytes_moved / (ms / 1e3) / args.peak_bw, 3),
-                   exp2_per_s=None if work == "copy" else float(f"{exps / (ms / 1e3):.4g}"),
-                   max_rel_err=float(f"{err:.2e}"))
-        rows.append(row)
-        print(row, flush=True)
+        rows.append(result(work if not poly else f"{work}_poly{poly}", ms, bytes_moved, args.peak_bw,
+                           exps=None if work == "copy" else exps, tile="x".join(map(str, tile)), err=err))
     if args.scan:
         from lit_gpt.kernels import selective_scan as ss
 
@@ -210,11 +207,8 @@ def main(argv=None) -> int:
             with torch.no_grad():
                 ms = median_ms(lambda: ss.selective_scan(xs, dts, At, Bs, Cs, None, dt_softplus=softplus,
                                                          impl="triton"), args.reps)
-            rows.append(dict(kernel=f"triton scan forward ({'softplus' if softplus else 'no softplus'}, no D)",
-                             ms=round(ms, 4), tile="", gb_s=round(bytes_moved / ms / 1e6, 1),
-                             bw_fraction=round(bytes_moved / (ms / 1e3) / args.peak_bw, 3),
-                             exp2_per_s=float(f"{exps / (ms / 1e3):.4g}"), max_rel_err=None))
-            print(rows[-1], flush=True)
+            rows.append(result(f"triton scan forward ({'softplus' if softplus else 'no softplus'}, no D)", ms,
+                               bytes_moved, args.peak_bw, exps=exps))
     props = torch.cuda.get_device_properties(dev)
     clock = sm_clock_mhz()
     sfu_peak = props.multi_processor_count * 16 * clock.get("max_sm_mhz", 1980.0) * 1e6
