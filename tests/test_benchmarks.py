@@ -259,24 +259,16 @@ def test_cpu_fused_clip_variant_through_the_trainer(tmp_path, monkeypatch):
 
 
 CEILING_SCRIPT = r"""
-import json, math, sys
+import json, sys
 sys.path.insert(0, sys.argv[1])
 try:
     import torch
     from benchmarks import scan_ceiling as sc
 except ImportError as err:
     print(err); sys.exit(77)
-probe = torch.linspace(-125.0, 0.0, 4096)
-got = torch.empty_like(probe)
-sc.exp2_kernel[(4,)](probe, got, probe.numel(), BLOCK=1024)
-exact = torch.exp2(probe.double())
-errors = {"exp2_fma": ((got.double() - exact).abs() / exact).max().item()}
+errors = {"exp2_fma": sc.exp2_fma_error("cpu", 4096)}
 tokens, dim, ns = 32, 64, 16
-g = torch.Generator().manual_seed(0)
-x = torch.randn(tokens, dim, generator=g).bfloat16()
-dt = torch.exp(torch.empty(tokens, dim).uniform_(math.log(1e-3), math.log(0.1), generator=g)).bfloat16()
-A2 = (-torch.arange(1, ns + 1, dtype=torch.float32)[:, None].repeat(1, dim) * sc.LOG2E).contiguous()
-B, C = torch.randn(tokens, ns, generator=g).bfloat16(), torch.randn(tokens, ns, generator=g).bfloat16()
+x, dt, _, A2, B, C = sc.make_inputs(tokens, dim, ns, torch.bfloat16, "cpu")
 for work in sc.WORKS:
     for poly in (0, 5, 16):
         out = torch.empty(tokens, dim)
