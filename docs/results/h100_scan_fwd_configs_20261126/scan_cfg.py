@@ -1,7 +1,7 @@
 """Throwaway probe (ninth session, 2026-11-26): forward-kernel launch configs at 64k tokens x 4096 channels, fp32 and
 bf16.  Run from the repository root: PYTHONPATH=$PWD python docs/results/h100_scan_fwd_configs_20261126/scan_cfg.py.
 The JSON beside it came from a version whose bw_frac_3TBs divided by 3000 instead of 3.0 (it reads 0.0); ms are right."""
-import itertools, json, os, statistics, sys
+import json, os, statistics
 import torch
 from lit_gpt.kernels import selective_scan_triton as sst
 
